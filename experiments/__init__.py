@@ -1,0 +1,1 @@
+"""Experiment scripts, installed as `jaxlearn.experiments` and run with `jaxlearn run NAME`."""

@@ -1,0 +1,141 @@
+"""The `jaxlearn` command line: list and describe registered methods, run experiments.
+
+  jaxlearn list [--kind KIND] [--json | --markdown]
+  jaxlearn describe SLUG
+  jaxlearn run EXPERIMENT [--quick] [--out DIR] [--seed N]
+
+EXPERIMENT is a script name from experiments/ (e.g. `quickstart`) or a method slug, which runs
+that method's experiment. Unknown names and bad options print a message and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import pkgutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+from jaxlearn import registry
+
+USAGE_ERROR = 2
+
+
+def experiment_names() -> list[str]:
+  """Modules of jaxlearn.experiments (the top-level experiments/ folder) that have a `main`."""
+  import jaxlearn.experiments as package
+
+  return sorted(
+      m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")
+  )
+
+
+def _fail(message: str) -> int:
+  print(f"jaxlearn: error: {message}", file=sys.stderr)
+  return USAGE_ERROR
+
+
+def _cmd_list(args) -> int:
+  methods = registry.all_methods(args.kind)
+  if args.json:
+    print(json.dumps([m.to_json() for m in methods], indent=2))
+  elif args.markdown:
+    print(registry.markdown_table())
+  else:
+    width = max((len(m.slug) for m in methods), default=4)
+    for m in methods:
+      print(f"{m.slug:<{width}}  {m.kind:<13}  {m.title}")
+  return 0
+
+
+def _docstring_summary(symbol: str) -> str:
+  try:
+    doc = inspect.getdoc(registry.resolve(symbol)) or ""
+  except (ImportError, AttributeError) as error:
+    return f"(could not import {symbol}: {error})"
+  return doc
+
+
+def _cmd_describe(args) -> int:
+  try:
+    method = registry.get(args.slug)
+  except KeyError as error:
+    return _fail(error.args[0])
+  print(f"{method.slug}  ({method.kind})")
+  print(f"Paper: {method.title} [{method.reference}]")
+  if method.notes:
+    print("Notes: " + textwrap.fill(method.notes, 96, subsequent_indent="       "))
+  print("\nSymbols:")
+  for symbol in method.symbols:
+    print(f"  {symbol}")
+  print(f"\nTests: {', '.join(method.tests)}")
+  if method.experiment:
+    print(f"Experiment: {method.experiment}  (run: jaxlearn run {Path(method.experiment).stem})")
+  print(f"\n--- {method.symbols[0]} ---")
+  print(_docstring_summary(method.symbols[0]))
+  return 0
+
+
+def _cmd_run(args) -> int:
+  name = args.experiment
+  available = experiment_names()
+  if name not in available:
+    try:  # a method slug names its experiment
+      experiment = registry.get(name).experiment
+    except KeyError:
+      experiment = None
+    if experiment is None:
+      return _fail(
+          f"unknown experiment {name!r}. Available: {', '.join(available)} "
+          "(or a method slug from `jaxlearn list`)."
+      )
+    name = Path(experiment).stem
+  try:
+    module = importlib.import_module(f"jaxlearn.experiments.{name}")
+  except ImportError as error:
+    return _fail(
+        f"experiment {name!r} needs a package that is missing ({error}). "
+        "Install the extras: pip install 'jaxlearn[experiments]'"
+    )
+  argv = ["--out", str(args.out), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+  module.main(argv)
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="jaxlearn", description="Training techniques from deep-learning papers, in JAX."
+  )
+  commands = parser.add_subparsers(dest="command", required=True)
+
+  listing = commands.add_parser("list", help="list registered methods")
+  listing.add_argument("--kind", choices=registry.KINDS, help="only methods of this kind")
+  form = listing.add_mutually_exclusive_group()
+  form.add_argument("--json", action="store_true", help="print the records as JSON")
+  form.add_argument("--markdown", action="store_true", help="print the README table")
+  listing.set_defaults(handler=_cmd_list)
+
+  describe = commands.add_parser("describe", help="show a method's paper, math and symbols")
+  describe.add_argument("slug")
+  describe.set_defaults(handler=_cmd_describe)
+
+  run = commands.add_parser("run", help="run an experiment (e.g. quickstart)")
+  run.add_argument("experiment")
+  run.add_argument("--quick", action="store_true", help="tiny smoke version")
+  run.add_argument("--out", type=Path, default=Path("results"), help="output directory")
+  run.add_argument("--seed", type=int, default=0, help="base random seed")
+  run.set_defaults(handler=_cmd_run)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)  # argparse exits with code 2 on bad options
+  return args.handler(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Diagnostics used to study training (filled in by the diagnostics work)."""

@@ -1,0 +1,1 @@
+"""Layer-local (backprop-free) learning rules."""

@@ -1,0 +1,1 @@
+"""Losses and regularizers: pure functions of logits/labels."""
