@@ -1,6 +1,9 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration and fixtures."""
 
-import os
+import pytest
 
-# Tests run on CPU; keep XLA from grabbing every core per process under pytest-xdist.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+@pytest.fixture
+def out_dir(tmp_path):
+  """A fresh directory for an experiment's JSON and PNG."""
+  return tmp_path / "results"
