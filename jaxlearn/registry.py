@@ -133,6 +133,7 @@ _METHODS: tuple[Method, ...] = (
             "`forward_gnn` and `model_free_forward_forward` build on."
         ),
     ),
+    # New records go above this line (keep them grouped by family, as in INDEX.md).
 )
 
 
