@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import optax
 
 from jaxlearn import _checks
@@ -18,16 +19,23 @@ from jaxlearn import _checks
 MaskOrFn = Any  # a pytree (or pytree prefix) of bools, or a callable params -> such a pytree
 
 _MASK_TRAP = (
-    "{name} arrived as an array ({value!r}). This happens when a callable mask is passed through "
-    "optax.inject_hyperparams, which mistakes it for a schedule and calls it with the step count, "
-    "silently switching weight decay off. Use jaxlearn.optim.inject_hyperparams, or pass "
-    "static_args=('{name}',) to optax.inject_hyperparams."
+    "{name} arrived as a single value ({value!r}), not a tree of bools or a callable. This "
+    "happens when a callable mask is passed through optax.inject_hyperparams, which mistakes it "
+    "for a schedule and calls it with the step count, silently switching weight decay off. Use "
+    "jaxlearn.optim.inject_hyperparams, or pass static_args=('{name}',) to "
+    "optax.inject_hyperparams."
 )
 
 
 def check_mask(mask: MaskOrFn, name: str = "weight_decay_mask") -> MaskOrFn:
-  """Returns `mask` unchanged, or raises if it is an array (the inject_hyperparams trap)."""
-  if isinstance(mask, (jax.Array, jax.core.Tracer)):
+  """Returns `mask` unchanged, or raises if it is a single value (the inject_hyperparams trap).
+
+  optax.inject_hyperparams calls a callable mask with the step count; a mask function that maps
+  over its argument then returns one bool (optax 0.2.8 passes it on as a Python bool, older
+  versions as an array). A lone bool is never a useful mask (True is None, False is
+  weight_decay=0), so bools and arrays are rejected.
+  """
+  if isinstance(mask, (bool, np.bool_, np.ndarray, jax.Array, jax.core.Tracer)):
     raise ValueError(_MASK_TRAP.format(name=name, value=mask))
   return mask
 
@@ -70,16 +78,20 @@ def inject_hyperparams(
     static_args: str | tuple[str, ...] = (),
     hyperparam_dtype: Any = None,
 ) -> Callable[..., optax.GradientTransformationExtraArgs]:
-  """`optax.inject_hyperparams` that always treats `*mask` arguments as static.
+  """`optax.inject_hyperparams` that keeps masks and keyword-only options static.
 
   optax would call a callable `weight_decay_mask` as if it were a schedule (optax issues #57,
-  #1373); here every argument whose name ends in `mask` is passed through untouched instead.
+  #1373) and would turn an integer option such as an axis or a window length into a traced array.
+  Here every argument whose name ends in `mask`, and every keyword-only argument (jaxlearn's
+  convention for non-numeric options: `nesterov`, `channel_axis`...), is passed through untouched;
+  the numeric hyperparameters before the `*` are injected.
   """
   if isinstance(static_args, str):
     static_args = (static_args,)
-  mask_args = tuple(
-      name for name in inspect.signature(factory).parameters if name.endswith("mask")
+  parameters = inspect.signature(factory).parameters.values()
+  always_static = tuple(
+      p.name for p in parameters if p.name.endswith("mask") or p.kind is p.KEYWORD_ONLY
   )
   return optax.inject_hyperparams(
-      factory, static_args=tuple(static_args) + mask_args, hyperparam_dtype=hyperparam_dtype
+      factory, static_args=tuple(static_args) + always_static, hyperparam_dtype=hyperparam_dtype
   )

@@ -1,0 +1,472 @@
+"""AdamP and SGDP: momentum optimizers that do not inflate the norm of scale-invariant weights.
+
+Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights",
+ICLR 2021, arXiv:2006.08217; official code: https://github.com/clovaai/AdamP.
+
+A weight followed by a normalization layer is scale-invariant: the loss depends only on its
+direction, so its gradient is orthogonal to it. Momentum then makes every step add a radial
+component that inflates the weight norm, and a larger norm shrinks the effective step size
+‖Δw‖/‖w‖ prematurely. AdamP and SGDP detect such weights (the gradient is nearly orthogonal to the
+weight) and remove the radial component from the update:
+
+.. math::
+
+  \\Pi_w(p) = p - \\hat w \\langle \\hat w, p \\rangle, \\qquad
+  \\hat w = w / (\\lVert w \\rVert + \\varepsilon).
+
+Detection, for every leaf with ndim > 1, first per output channel, then over the whole leaf: with
+the channel view (one slice per output channel, `d = leaf.size / num_channels` elements each) the
+leaf is scale-invariant when
+
+.. math::
+
+  \\max_c \\frac{|\\langle g_c, w_c \\rangle|}{\\max(\\lVert g_c \\rVert, \\varepsilon)\\,
+  \\max(\\lVert w_c \\rVert, \\varepsilon)} < \\frac{\\delta}{\\sqrt{d}},
+
+and then `p` is projected slice by slice; otherwise the same test on the whole leaf
+(`d = leaf.size`) projects `p` as one vector. Leaves with ndim <= 1 (biases, norm scales) are never
+projected. Weight decay on a projected leaf is multiplied by `wd_ratio`.
+
+Layout: Flax kernels keep output channels on the LAST axis (Dense `(in, out)`, Conv `HWIO`), PyTorch
+on the first. The channel view here uses the last axis by default (`channel_axis=None`); pass
+`channel_axis=0` for PyTorch-layout kernels. (An int default would become a traced hyperparameter
+under `optax.inject_hyperparams`, and a traced value cannot select an axis.)
+
+Weight decay: which leaves are projected is decided inside the transform, and the decay factor
+depends on it, so `scale_by_adamp` / `scale_by_sgdp` add the (decoupled) decay term themselves and
+the aliases chain them with the learning-rate step only. As in the official code the decay is
+multiplied by the learning rate: `w <- w - lr * (direction + weight_decay * ratio * w)`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlearn import _checks
+from jaxlearn.optim import _common
+
+_NO_PARAMS = (
+    "{name} needs the current parameters: call update(updates, state, params) "
+    "(the projection and the weight decay both read them)."
+)
+
+
+class ScaleByAdamPState(NamedTuple):
+  """State of `scale_by_adamp`.
+
+  Attributes:
+    count: number of updates so far (int32), for the bias corrections.
+    mu: first moment of the gradients (float32 or wider).
+    nu: second moment of the gradients (float32 or wider).
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+class ScaleBySGDPState(NamedTuple):
+  """State of `scale_by_sgdp`.
+
+  Attributes:
+    momentum: the momentum buffer `b_t` (float32 or wider), never projected (paper, Alg. 1).
+  """
+
+  momentum: optax.Updates
+
+
+def _state_zeros(params: optax.Params) -> optax.Updates:
+  """Zeros like `params`, in float32 at least so that low-precision moments do not underflow."""
+  return jax.tree.map(
+      lambda p: optax.tree.zeros_like(p, dtype=jnp.promote_types(p.dtype, jnp.float32)), params
+  )
+
+
+def _abs_cosine(dot, g_sq, w_sq, eps):
+  """|cos(g, w)| from the sums g.w, |g|^2 and |w|^2.
+
+  Each norm is floored at eps, as torch.nn.functional.cosine_similarity (which the official code
+  calls) does.
+  """
+  return jnp.abs(dot) / (jnp.maximum(jnp.sqrt(g_sq), eps) * jnp.maximum(jnp.sqrt(w_sq), eps))
+
+
+def project_scale_invariant(
+    direction: jax.Array,
+    param: jax.Array,
+    grad: jax.Array,
+    delta,
+    eps,
+    channel_axis: int = -1,
+) -> tuple[jax.Array, jax.Array]:
+  """Removes the radial component of `direction` if `param` looks scale-invariant.
+
+  Both views are computed from four per-channel sums (the whole-leaf sums are their totals), and
+  the projection `p - ŵ <ŵ, p>` with `ŵ = w / (|w| + eps)` is computed as
+  `p - w <w, p> / (|w| + eps)^2`, the same quantity.
+
+  Args:
+    direction: the update direction `p` of one leaf (ndim > 1), float32.
+    param: the leaf's current value `w`, float32.
+    grad: the leaf's gradient `g`, float32.
+    delta: the threshold δ of the cosine test.
+    eps: floors the norms of the cosine test and is added to the norm of `w` in `ŵ`.
+    channel_axis: the output-channel axis of `param`.
+
+  Returns:
+    `(projected_direction, is_scale_invariant)`, the latter a boolean scalar. The channel view is
+    tried first; the whole-leaf view only if the channel view does not detect invariance.
+  """
+  axis = channel_axis % param.ndim
+  per_channel = tuple(a for a in range(param.ndim) if a != axis)
+  channel_size = param.size // param.shape[axis]
+  sums = [jnp.sum(a * b, axis=per_channel, keepdims=True)
+          for a, b in ((grad, param), (grad, grad), (param, param), (param, direction))]
+  g_dot_w, g_sq, w_sq, w_dot_p = sums
+  by_channel = jnp.max(_abs_cosine(g_dot_w, g_sq, w_sq, eps)) < delta / math.sqrt(channel_size)
+  layer_g_dot_w, layer_g_sq, layer_w_sq, layer_w_dot_p = (jnp.sum(s) for s in sums)
+  by_layer = _abs_cosine(layer_g_dot_w, layer_g_sq, layer_w_sq, eps) < delta / math.sqrt(
+      param.size
+  )
+  channel_radial = w_dot_p / jnp.square(jnp.sqrt(w_sq) + eps)
+  layer_radial = layer_w_dot_p / jnp.square(jnp.sqrt(layer_w_sq) + eps)
+  radial = jnp.where(by_channel, channel_radial, jnp.where(by_layer, layer_radial, 0.0))
+  return direction - param * radial, by_channel | by_layer
+
+
+def _decay_flags(mask: _common.MaskOrFn | None, params: optax.Params) -> Any:
+  """A tree like `params` of Python bools: whether each leaf is weight-decayed."""
+  if mask is None:
+    return jax.tree.map(lambda _: True, params)
+  mask_tree = mask(params) if callable(mask) else mask
+  # The mask may be a prefix of params: broadcast each flag over its subtree.
+  return jax.tree.map(
+      lambda flag, subtree: jax.tree.map(lambda _: bool(flag), subtree), mask_tree, params
+  )
+
+
+def _check_channel_axis(channel_axis: Any) -> int:
+  """-1 for None (Flax layout); otherwise a Python int (a traced value cannot pick an axis)."""
+  if channel_axis is None:
+    return -1
+  if isinstance(channel_axis, bool):
+    raise ValueError(f"channel_axis must be None or a Python int, got {channel_axis!r}")
+  try:
+    return operator.index(channel_axis)
+  except TypeError:
+    raise ValueError(
+        f"channel_axis must be None or a Python int, got {channel_axis!r} (with "
+        "inject_hyperparams, pass static_args=('channel_axis',))"
+    ) from None
+
+
+def _check_common(eps, delta, wd_ratio, weight_decay, weight_decay_mask) -> None:
+  _checks.check_positive("eps", eps)
+  _checks.check_non_negative("delta", delta)
+  _checks.check_range("wd_ratio", wd_ratio, 0.0, 1.0)
+  if callable(weight_decay):
+    raise ValueError(
+        "weight_decay must be a number, not a schedule: the decay is applied inside the "
+        "transform; schedule it with jaxlearn.optim.inject_hyperparams instead"
+    )
+  _checks.check_non_negative("weight_decay", weight_decay)
+  _common.check_mask(weight_decay_mask)
+
+
+def _project_and_decay(updates, params, directions, flags, *, delta, eps, wd_ratio, decay,
+                       channel_axis):
+  """Per leaf: projection (ndim > 1 only), then `+ decay * ratio * w` on decayed leaves.
+
+  Returns the result in each gradient's dtype; `decay` already includes AdamP's/SGDP's factor.
+  """
+
+  def leaf(g, w, direction, flag):
+    w32, g32 = w.astype(direction.dtype), g.astype(direction.dtype)
+    ratio = 1.0
+    if w.ndim > 1:
+      direction, invariant = project_scale_invariant(
+          direction, w32, g32, delta, eps, channel_axis
+      )
+      ratio = jnp.where(invariant, wd_ratio, 1.0)
+    if flag:
+      direction = direction + decay * ratio * w32
+    return direction.astype(g.dtype)
+
+  return jax.tree.map(leaf, updates, params, directions, flags)
+
+
+def scale_by_adamp(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    *,
+    nesterov: bool = False,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+    channel_axis: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """The AdamP direction, projected on scale-invariant leaves, plus its own weight-decay term.
+
+  .. math::
+
+    m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
+    v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2 \\\\
+    p_t &= \\tilde m_t / (\\sqrt{v_t / (1 - \\beta_2^t)} + \\varepsilon), \\qquad
+    \\tilde m_t = m_t \\text{ or, with nesterov, } \\beta_1 m_t + (1 - \\beta_1) g_t \\\\
+    u_t &= q_t / (1 - \\beta_1^t) + \\lambda\\, r_t\\, w_t
+
+  where `q_t = Π(p_t)` and `r_t = wd_ratio` on a leaf detected as scale-invariant (see the module
+  docstring), `q_t = p_t` and `r_t = 1` otherwise, and λ is `weight_decay` (0 on leaves that
+  `weight_decay_mask` excludes). `adamp` multiplies `u_t` by `-learning_rate`. With `delta=0`
+  nothing is ever projected and this is Adam (plus decoupled decay). State: `m, v` (float32 or
+  wider) and the step count `t`.
+
+  Args:
+    b1: decay rate of the first moment, in [0, 1).
+    b2: decay rate of the second moment, in [0, 1).
+    eps: added to the denominator; also floors the norms of the projection; > 0.
+    delta: threshold δ of the scale-invariance test, >= 0 (0 disables the projection).
+    wd_ratio: weight-decay multiplier on projected leaves, in [0, 1].
+    weight_decay: decoupled weight-decay coefficient λ, >= 0 (a number; schedule it through
+      `jaxlearn.optim.inject_hyperparams`).
+    nesterov: use the Nesterov form of the first moment.
+    weight_decay_mask: a pytree (or prefix) of bools, or a callable `params -> such a pytree`;
+      False leaves get no weight decay.
+    channel_axis: the output-channel axis of kernels; None (default) is the last axis, the
+      Flax layout; 0 for PyTorch-layout kernels.
+
+  Returns:
+    A `GradientTransformationExtraArgs` whose `update` requires `params`; its state is a
+    `ScaleByAdamPState`.
+
+  References:
+    Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
+  """
+  _checks.check_unit_interval("b1", b1)
+  _checks.check_unit_interval("b2", b2)
+  _check_common(eps, delta, wd_ratio, weight_decay, weight_decay_mask)
+  channel_axis = _check_channel_axis(channel_axis)
+
+  def init_fn(params):
+    return ScaleByAdamPState(
+        count=jnp.zeros([], jnp.int32), mu=_state_zeros(params), nu=_state_zeros(params)
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(_NO_PARAMS.format(name="scale_by_adamp"))
+    count = optax.safe_increment(state.count)
+    step = count.astype(jnp.float32)
+    correction1, correction2 = 1.0 - b1**step, 1.0 - b2**step
+    mu = jax.tree.map(
+        lambda g, m: (b1 * m + (1.0 - b1) * g.astype(m.dtype)).astype(m.dtype), updates, state.mu
+    )
+    nu = jax.tree.map(
+        lambda g, v: (b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype))).astype(v.dtype),
+        updates,
+        state.nu,
+    )
+
+    def direction(g, m, v):
+      first = b1 * m + (1.0 - b1) * g.astype(m.dtype) if nesterov else m
+      # The official code's eps placement: sqrt(v_hat) + eps (pytorch-optimizer differs).
+      return first / (jnp.sqrt(v / correction2) + eps)
+
+    directions = jax.tree.map(direction, updates, mu, nu)
+    # Projection is linear in the direction, so the 1/(1 - b1^t) step scale can come first;
+    # the decay term is not bias-corrected (the official code applies it with the bare lr).
+    directions = jax.tree.map(lambda d: d / correction1, directions)
+    out = _project_and_decay(
+        updates, params, directions, _decay_flags(weight_decay_mask, params), delta=delta,
+        eps=eps, wd_ratio=wd_ratio, decay=weight_decay, channel_axis=channel_axis,
+    )
+    return out, ScaleByAdamPState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_sgdp(
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    eps: float = 1e-8,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    *,
+    nesterov: bool = False,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+    channel_axis: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """The SGDP direction, projected on scale-invariant leaves, plus its own weight-decay term.
+
+  .. math::
+
+    b_t &= \\mu\\, b_{t-1} + (1 - \\tau)\\, g_t \\quad (b_0 = 0) \\\\
+    p_t &= b_t \\text{ or, with nesterov, } g_t + \\mu\\, b_t \\\\
+    u_t &= q_t + \\frac{\\lambda\\, r_t}{1 - \\mu} w_t
+
+  with `q_t = Π(p_t)`, `r_t = wd_ratio` on a leaf detected as scale-invariant, `q_t = p_t`,
+  `r_t = 1` otherwise (μ momentum, τ dampening, λ weight decay). The buffer `b_t` itself is never
+  projected (paper, Algorithm 1). The decay is divided by `1 - μ` on every leaf, as in the
+  official code. `sgdp` multiplies `u_t` by `-learning_rate`. State: `b` (float32 or wider).
+
+  Args:
+    momentum: momentum μ, in [0, 1) (the decay is divided by 1 - μ). Official default 0; the
+      authors' README suggests 0.9 with nesterov.
+    dampening: dampening τ of the gradient in the buffer, in [0, 1].
+    eps: floors the norms of the projection, > 0.
+    delta: threshold δ of the scale-invariance test, >= 0 (0 disables the projection).
+    wd_ratio: weight-decay multiplier on projected leaves, in [0, 1].
+    weight_decay: decoupled weight-decay coefficient λ, >= 0.
+    nesterov: use Nesterov momentum.
+    weight_decay_mask: a pytree (or prefix) of bools, or a callable `params -> such a pytree`.
+    channel_axis: the output-channel axis of kernels; None (default) is the last axis, the
+      Flax layout; 0 for PyTorch-layout kernels.
+
+  Returns:
+    A `GradientTransformationExtraArgs` whose `update` requires `params`; its state is a
+    `ScaleBySGDPState`.
+
+  References:
+    Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
+  """
+  _checks.check_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
+  _checks.check_range("dampening", dampening, 0.0, 1.0)
+  _check_common(eps, delta, wd_ratio, weight_decay, weight_decay_mask)
+  channel_axis = _check_channel_axis(channel_axis)
+
+  def init_fn(params):
+    return ScaleBySGDPState(momentum=_state_zeros(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(_NO_PARAMS.format(name="scale_by_sgdp"))
+    buffers = jax.tree.map(
+        lambda g, b: (momentum * b + (1.0 - dampening) * g.astype(b.dtype)).astype(b.dtype),
+        updates,
+        state.momentum,
+    )
+    if nesterov:
+      directions = jax.tree.map(lambda g, b: g.astype(b.dtype) + momentum * b, updates, buffers)
+    else:
+      directions = buffers
+    out = _project_and_decay(
+        updates, params, directions, _decay_flags(weight_decay_mask, params), delta=delta,
+        eps=eps, wd_ratio=wd_ratio, decay=weight_decay / (1.0 - momentum),
+        channel_axis=channel_axis,
+    )
+    return out, ScaleBySGDPState(momentum=buffers)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def adamp(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+    *,
+    nesterov: bool = False,
+    channel_axis: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """AdamP: Adam that removes the radial update component of scale-invariant weights.
+
+  `w_{t+1} = w_t - η u_t` with `u_t` from `scale_by_adamp` (see it for the math):
+  Adam's bias-corrected step, projected onto the tangent space of leaves whose gradient is nearly
+  orthogonal to them, plus decoupled weight decay `η λ r_t w_t` (`r_t = wd_ratio` on projected
+  leaves, 1 elsewhere). Defaults are the official ones (lr 1e-3 in the official code).
+
+  Args:
+    learning_rate: η, a number or a schedule, >= 0.
+    b1: first-moment decay, in [0, 1).
+    b2: second-moment decay, in [0, 1).
+    eps: denominator and norm floor, > 0.
+    delta: scale-invariance threshold δ, >= 0.
+    wd_ratio: weight-decay multiplier on projected leaves, in [0, 1].
+    weight_decay: decoupled weight decay λ, >= 0, multiplied by the learning rate.
+    weight_decay_mask: pytree (or prefix) of bools, or callable of params; False: no decay.
+    nesterov: Nesterov form of the first moment.
+    channel_axis: output-channel axis of kernels; None: last axis (Flax); 0: PyTorch layout.
+
+  Returns:
+    A `GradientTransformationExtraArgs`; `update` requires `params`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import adamp
+    >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> opt = adamp(1e-2, weight_decay=1e-4)
+    >>> state = opt.init(params)
+    >>> grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.ones(2)}
+    >>> updates, state = opt.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021; code: github.com/clovaai/AdamP.
+  """
+  scale = scale_by_adamp(
+      b1, b2, eps, delta, wd_ratio, weight_decay, nesterov=nesterov,
+      weight_decay_mask=weight_decay_mask, channel_axis=channel_axis,
+  )
+  return optax.chain(scale, _common.learning_rate_step(learning_rate))
+
+
+def sgdp(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    eps: float = 1e-8,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+    *,
+    nesterov: bool = False,
+    channel_axis: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """SGDP: SGD (momentum) that removes the radial update component of scale-invariant weights.
+
+  `w_{t+1} = w_t - η u_t` with `u_t` from `scale_by_sgdp` (see it for the math), including the
+  decoupled decay `η λ r_t w_t / (1 - μ)` of the official code. Defaults are the official ones
+  (momentum 0, dampening 0, eps 1e-8, δ 0.1, wd_ratio 0.1, no nesterov).
+
+  Args:
+    learning_rate: η, a number or a schedule, >= 0.
+    momentum: μ, in [0, 1).
+    dampening: τ, in [0, 1].
+    eps: norm floor of the projection, > 0.
+    delta: scale-invariance threshold δ, >= 0.
+    wd_ratio: weight-decay multiplier on projected leaves, in [0, 1].
+    weight_decay: decoupled weight decay λ, >= 0, multiplied by the learning rate / (1 - μ).
+    weight_decay_mask: pytree (or prefix) of bools, or callable of params; False: no decay.
+    nesterov: Nesterov momentum.
+    channel_axis: output-channel axis of kernels; None: last axis (Flax); 0: PyTorch layout.
+
+  Returns:
+    A `GradientTransformationExtraArgs`; `update` requires `params`.
+  References:
+    Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+    Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021; code: github.com/clovaai/AdamP.
+  """
+  scale = scale_by_sgdp(
+      momentum, dampening, eps, delta, wd_ratio, weight_decay, nesterov=nesterov,
+      weight_decay_mask=weight_decay_mask, channel_axis=channel_axis,
+  )
+  return optax.chain(scale, _common.learning_rate_step(learning_rate))
