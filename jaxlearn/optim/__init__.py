@@ -4,3 +4,25 @@ One line per method module: `from jaxlearn.optim.<module> import <public names>`
 """
 
 from jaxlearn.optim._common import decayed_weights, inject_hyperparams
+from jaxlearn.optim.adamp import ScaleByAdamPState, ScaleBySGDPState, adamp, project_scale_invariant, scale_by_adamp, scale_by_sgdp, sgdp
+from jaxlearn.optim.lion import compute_in_float32, lion, scale_by_lion
+from jaxlearn.optim.gradient_noise import add_gradient_noise
+from jaxlearn.optim.novograd import ScaleByNovogradState, novograd, scale_by_novograd
+from jaxlearn.optim.agc import adaptive_grad_clip
+from jaxlearn.optim.grad_norm_clipping import clip_by_global_norm, rnn_state_gradients, vanishing_gradient_regularizer
+from jaxlearn.optim.grams import ScaleByGramsState, grams, scale_by_grams
+from jaxlearn.optim.gravity import ScaleByGravityState, gravity, gravity_step, scale_by_gravity
+from jaxlearn.optim.optimistic_amsgrad import ScaleByOptimisticAMSGradState, optimistic_amsgrad, rmpe_extrapolate, scale_by_optimistic_amsgrad
+from jaxlearn.optim.nag_gs import ScaleByNagGsState, nag_gs, scale_by_nag_gs
+from jaxlearn.optim.normalized_lr_gd import logistic_normalizer, normalized_lr_gd, scale_by_normalized_lr_gd
+from jaxlearn.optim.centralization import centralize_gradients, normalize_gradients
+from jaxlearn.optim.softplus import ScaleBySadamState, scale_by_sadam, softplus_denominator
+from jaxlearn.optim.pnm import ScaleByAdaPNMState, ScaleByPNMState, adapnm, adapnm_second_moment, pnm, scale_by_adapnm, scale_by_pnm
+from jaxlearn.optim.stable_weight_decay import StableWeightDecayState, adam_second_moment, adams, with_stable_weight_decay
+from jaxlearn.optim.norm_loss import add_norm_loss, unit_norm
+from jaxlearn.optim.lookahead import LookaheadSyncState, lookahead_sync
+from jaxlearn.optim.ranger21 import ranger21, ranger21_schedule
+from jaxlearn.optim.orthograd import orthogonalize_gradients, orthogonalize_leaf
+from jaxlearn.optim.anchor import DecayToAnchorState, anchor_penalty, decay_to_anchor, fisher_diagonal, set_anchor
+from jaxlearn.optim.hft import HalfFineTuningState, half_fine_tuning
+from jaxlearn.optim.sora import soft_threshold, soft_threshold_leaf, sora

@@ -1,0 +1,71 @@
+"""Class-incremental continual-learning splits: a dataset cut into tasks by class.
+
+Split digits (the CPU stand-in for split MNIST / split CIFAR): task t holds the examples of its
+classes only, in both the train and the test split. Labels keep their global values (class
+incremental, one shared output head), so a model evaluated on the union of the tasks seen so far
+must tell all their classes apart.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jaxlearn.data._dataset import Dataset
+from jaxlearn.data.digits import load_digits
+
+
+def split_by_class(data: Dataset, tasks: Sequence[Sequence[int]]) -> list[Dataset]:
+  """Cuts `data` into one `Dataset` per task, each with only the task's classes.
+
+  Args:
+    data: the dataset to split.
+    tasks: the classes of each task, e.g. ((0, 1), (2, 3)); no class may appear twice.
+
+  Returns:
+    One `Dataset` per task (same `num_classes` as `data`, labels unchanged).
+  """
+  seen = [int(c) for task in tasks for c in task]
+  if not tasks or any(len(task) == 0 for task in tasks):
+    raise ValueError(f"tasks must be a non-empty sequence of non-empty class lists, got {tasks!r}")
+  if len(set(seen)) != len(seen) or min(seen) < 0 or max(seen) >= data.num_classes:
+    raise ValueError(
+        f"tasks must list distinct classes in [0, {data.num_classes}), got {tasks!r}"
+    )
+  out = []
+  for task in tasks:
+    train = np.isin(data.y_train, task)
+    test = np.isin(data.y_test, task)
+    out.append(Dataset(data.x_train[train], data.y_train[train], data.x_test[test],
+                       data.y_test[test], data.num_classes))
+  return out
+
+
+def merge(tasks: Sequence[Dataset]) -> Dataset:
+  """The union of several tasks (e.g. all tasks seen so far, for the average-accuracy metric)."""
+  if not tasks:
+    raise ValueError("tasks must be non-empty")
+  cat = lambda field: np.concatenate([getattr(t, field) for t in tasks])
+  return Dataset(cat("x_train"), cat("y_train"), cat("x_test"), cat("y_test"),
+                 tasks[0].num_classes)
+
+
+def split_digits(
+    classes_per_task: int = 2, *, test_fraction: float = 0.2, seed: int = 0
+) -> list[Dataset]:
+  """scikit-learn digits cut into 10 / `classes_per_task` tasks of consecutive classes.
+
+  Args:
+    classes_per_task: a divisor of 10 (2 gives the usual 5 tasks: {0,1}, {2,3}, ...).
+    test_fraction: passed to `load_digits`.
+    seed: the seed of `load_digits`'s train/test split.
+
+  Returns:
+    The list of task `Dataset`s (flat float32 inputs of 64 pixels, global int32 labels).
+  """
+  if isinstance(classes_per_task, bool) or classes_per_task not in (1, 2, 5, 10):
+    raise ValueError(f"classes_per_task must be one of (1, 2, 5, 10), got {classes_per_task!r}")
+  data = load_digits(test_fraction=test_fraction, seed=seed)
+  tasks = [tuple(range(s, s + classes_per_task)) for s in range(0, 10, classes_per_task)]
+  return split_by_class(data, tasks)

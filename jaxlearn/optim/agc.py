@@ -1,0 +1,70 @@
+"""Adaptive gradient clipping (AGC) of NFNets, registered from optax (`optax.adaptive_grad_clip`).
+
+Brock, De, Smith, Simonyan, "High-Performance Large-Scale Image Recognition Without
+Normalization", ICML 2021, arXiv:2102.06171; official code: google-deepmind/deepmind-research
+`nfnets/agc_optax.py`.
+
+AGC clips each *unit* (the weights feeding one output unit: a row of a PyTorch weight, a column of
+a Flax Dense kernel, one output channel of a conv kernel) by the ratio of its gradient norm to its
+weight norm:
+
+.. math::
+
+  G_i \\leftarrow \\begin{cases}
+    \\lambda \\frac{\\lVert W_i \\rVert^\\star}{\\lVert G_i \\rVert} G_i
+      & \\text{if } \\frac{\\lVert G_i \\rVert}{\\lVert W_i \\rVert^\\star} > \\lambda \\\\
+    G_i & \\text{otherwise,}
+  \\end{cases}
+  \\qquad \\lVert W_i \\rVert^\\star = \\max(\\lVert W_i \\rVert, \\epsilon),\\ \\epsilon = 10^{-3}.
+
+Units, by kernel rank (Flax layout, output units on the last axis), as in the official code and
+in optax: vectors and scalars (biases, gains) are one unit; Dense `(in, out)` kernels reduce over
+axis 0 (one norm per output unit); HWIO conv kernels reduce over (H, W, I) (one norm per output
+channel); rank-3 kernels reduce over axis 0 only (the official code's "multi-head linear"
+`(in, heads, head_dim)` layout), which for a 1-D conv kernel `(W, I, O)` is NOT per output unit:
+pass `axis=(0, 1)` for those. `tests/optim/test_agc.py` checks all of this against a NumPy
+transcription of the equation above, and against pytorch-optimizer's `agc` (PyTorch layout).
+The paper does not clip the final linear layer; wrap the transform in `optax.masked` to skip it.
+
+`adaptive_grad_clip` is `optax.adaptive_grad_clip` with argument checks and the jaxlearn dtype
+policy (norms in float32, updates in the gradient's dtype, also under `inject_hyperparams`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optax
+
+from jaxlearn import _checks
+from jaxlearn.optim.lion import compute_in_float32
+
+
+def adaptive_grad_clip(
+    clipping: float,
+    eps: float = 1e-3,
+    *,
+    axis: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Clips each unit's gradient to at most `clipping * max(‖W_i‖, eps)` (NFNets' AGC).
+
+  Stateless. `update` needs `params`. Chain it before the optimizer (the paper uses SGD with
+  Nesterov momentum after it).
+
+  Args:
+    clipping: λ, the largest allowed ratio ‖G_i‖ / ‖W_i‖*, > 0. The paper tunes it with the batch
+      size (0.01 at batch 4096 for NFNet-F models; larger for smaller batches).
+    eps: ε, the floor of the weight norm that lets zero-initialized weights move, >= 0.
+    axis: the reduction axes of every leaf (one norm per slice over them); None picks them from
+      each leaf's rank as described in the module docstring.
+
+  Returns:
+    A `GradientTransformationExtraArgs` (updates keep the gradients' dtype).
+
+  References:
+    Brock et al., `High-Performance Large-Scale Image Recognition Without Normalization
+    <https://arxiv.org/abs/2102.06171>`_, ICML 2021.
+  """
+  _checks.check_positive("clipping", clipping)
+  _checks.check_non_negative("eps", eps)
+  return compute_in_float32(optax.adaptive_grad_clip(clipping, eps, axis=axis))

@@ -1,0 +1,158 @@
+"""Decay toward an anchor: L2 and EWC parameter regularization for continual learning.
+
+Paper: Smith, Tian, Halbe, Hsu and Kira, "A Closer Look at Rehearsal-Free Continual Learning",
+arXiv:2203.17269 (CVPR-W 2023). When a new task starts, the weights learned so far, θ*, become an
+anchor, and the new task's loss gets a penalty pulling the weights back to it:
+
+  L2:   R(θ) = (λ/2) Σ_i (θ_i − θ*_i)²,
+  EWC:  R(θ) = (λ/2) Σ_i F_i (θ_i − θ*_i)²   (Kirkpatrick et al. 2017, arXiv:1612.00796),
+
+with F the diagonal Fisher information at θ* (`fisher_diagonal`). The paper's finding is that in the
+rehearsal-free setting, starting from a pretrained model, plain L2 beats EWC and feature
+distillation (and, in a ViT's self-attention blocks, prompting methods on ImageNet-R).
+
+`decay_to_anchor(strength)` adds ∇R = λ · F ⊙ (θ − θ*) (F = 1 for L2) to the incoming updates, so
+`optax.chain(decay_to_anchor(λ), base_optimizer)` trains on loss + R exactly (the coupled form, as
+a loss term). Put it after the base optimizer's scaling and before the learning-rate step to get
+the decoupled form instead (AdamW-style, but toward θ* rather than 0). `optax.add_decayed_weights`
+is the special case θ* = 0.
+
+State: the anchor θ* (a float32 or wider copy of the params at `init`, so a fresh optimizer for a
+new task anchors at the weights it starts from) and, with `weighted=True`, the importance F (ones
+at `init`). `set_anchor` replaces both inside any optimizer state (chains, masks, injected
+hyperparameters). Updates are returned in the gradient's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlearn import _checks
+from jaxlearn.optim import _common
+
+PyTree = Any
+_NO_PARAMS = "decay_to_anchor needs params: call update(updates, state, params)."
+
+
+class DecayToAnchorState(NamedTuple):
+  """anchor: θ*, float32 or wider; anchor_importance: F (EWC) or None (L2)."""
+
+  anchor: PyTree
+  anchor_importance: PyTree
+
+
+def _wide(x):
+  return jnp.asarray(x, jnp.promote_types(jnp.asarray(x).dtype, jnp.float32))
+
+
+def decay_to_anchor(
+    strength: optax.ScalarOrSchedule,
+    *,
+    weighted: bool = False,
+    mask: _common.MaskOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Adds λ · F ⊙ (θ − θ*) to the updates (arXiv:2203.17269; EWC with `weighted=True`).
+
+  Args:
+    strength: λ >= 0, a number (tune or change it with `inject_hyperparams`).
+    weighted: keep a per-element importance F in the state (EWC); False: F = 1 (L2).
+    mask: a pytree of bools (or a callable params -> one) choosing the regularized leaves (the
+      paper regularizes only a ViT's self-attention blocks); None: every leaf.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` whose `update` requires `params`.
+  """
+  if callable(strength):
+    raise ValueError(
+        "strength must be a number (wrap the factory in jaxlearn.optim.inject_hyperparams to "
+        f"change it during training), got {strength!r}"
+    )
+  _checks.check_non_negative("strength", strength)
+  _common.check_mask(mask, "mask")
+
+  def init_fn(params):
+    anchor = jax.tree.map(_wide, params)
+    importance = jax.tree.map(jnp.ones_like, anchor) if weighted else None
+    return DecayToAnchorState(anchor=anchor, anchor_importance=importance)
+
+  def pull(u, p, anchor, f=None):
+    term = strength * (_wide(p) - anchor)
+    if f is not None:
+      term = f * term
+    return (u.astype(term.dtype) + term).astype(u.dtype)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(_NO_PARAMS)
+    trees = (updates, params, state.anchor)
+    if weighted:
+      trees += (state.anchor_importance,)
+    return jax.tree.map(pull, *trees), state
+
+  transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  if mask is not None:
+    return optax.masked(transform, mask)
+  return transform
+
+
+def set_anchor(opt_state: PyTree, params: PyTree, importance: PyTree | None = None) -> PyTree:
+  """Returns `opt_state` with every `decay_to_anchor` anchor set to `params` (and F to `importance`).
+
+  Works on any optimizer state containing a `DecayToAnchorState` (inside chains, `optax.masked`,
+  `inject_hyperparams`). `importance` is required by, and only accepted for, weighted (EWC) states.
+  """
+
+  def replace(node):
+    if not isinstance(node, DecayToAnchorState):
+      return node
+    pick = lambda old, new: (old if isinstance(old, optax.MaskedNode)
+                             else jnp.asarray(new, old.dtype))
+    is_masked = lambda x: isinstance(x, optax.MaskedNode)
+    anchor = jax.tree.map(pick, node.anchor, params, is_leaf=is_masked)
+    if node.anchor_importance is None:
+      if importance is not None:
+        raise ValueError("importance was given but the state is unweighted (weighted=False)")
+      return DecayToAnchorState(anchor, None)
+    if importance is None:
+      raise ValueError("importance is required for a weighted (EWC) decay_to_anchor state")
+    return DecayToAnchorState(
+        anchor, jax.tree.map(pick, node.anchor_importance, importance, is_leaf=is_masked))
+
+  return jax.tree.map(replace, opt_state, is_leaf=lambda x: isinstance(x, DecayToAnchorState))
+
+
+def anchor_penalty(params: PyTree, anchor: PyTree, strength, importance: PyTree | None = None):
+  """R(θ) = (λ/2) Σ F (θ − θ*)², the loss-term form of `decay_to_anchor` (F = 1 if None)."""
+  if importance is None:
+    importance = jax.tree.map(lambda _: 1.0, params)
+  terms = jax.tree.map(lambda p, a, f: jnp.sum(f * jnp.square(_wide(p) - a)), params, anchor,
+                       importance)
+  return 0.5 * strength * sum(jax.tree.leaves(terms))
+
+
+def fisher_diagonal(
+    example_loss: Callable[[PyTree, jax.Array, jax.Array], jax.Array],
+    params: PyTree,
+    x: jax.Array,
+    y: jax.Array,
+) -> PyTree:
+  """The empirical diagonal Fisher: the mean over examples of the squared per-example gradient.
+
+  F_i = (1/N) Σ_n (∂ℓ(θ; x_n, y_n) / ∂θ_i)², with ℓ the negative log-likelihood of the observed
+  label (EWC's "empirical Fisher"; Kirkpatrick et al. sample labels from the model instead).
+
+  Args:
+    example_loss: `example_loss(params, x_n, y_n) -> scalar` for ONE example.
+    params: the anchor θ*.
+    x, y: the examples, with a leading batch axis.
+
+  Returns:
+    A pytree like `params` (float32 or wider).
+  """
+  grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)
+  return jax.tree.map(lambda g: jnp.mean(jnp.square(_wide(g)), axis=0), grads)

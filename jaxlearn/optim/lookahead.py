@@ -1,0 +1,99 @@
+"""Lookahead as the last link of an optax chain: slow weights kept in the optimizer state.
+
+Zhang et al., "Lookahead Optimizer: k steps forward, 1 step back", NeurIPS 2019, arXiv:1907.08610;
+as used by Ranger21 (Wright & Demeure, arXiv:2106.13731; official code
+https://github.com/lessw2020/Ranger21, `lookahead_process_step`).
+
+The inner optimizer moves the fast weights θ. Every `k` steps the slow weights φ move a fraction α
+towards them and the fast weights restart from the slow ones:
+
+.. math::
+
+  \\text{if } t \\bmod k = 0: \\quad \\phi \\leftarrow \\phi + \\alpha (\\theta_t - \\phi), \\qquad
+  \\theta_t \\leftarrow \\phi ,
+
+with φ initialised to θ_0. Defaults k = 5 and α = 0.5 (Ranger21 and the Lookahead paper).
+
+Why not `optax.lookahead`: it implements the same rule but keeps both weight sets in the
+*parameters* (`optax.LookaheadParams(fast, slow)`), wraps the inner optimizer rather than chaining,
+and needs the training loop to differentiate `params.fast`. That does not fit a plain
+`params -> updates` chain (jaxlearn's `fit`, Flax NNX `nnx.Optimizer`). `lookahead_sync` keeps φ in
+its own state instead (as the official Ranger21 and pytorch-optimizer do), so it must be the LAST
+transform of a chain (after the learning rate): it turns the incoming update `u` into
+`phi_new - theta` on synchronisation steps, which is only right if nothing rescales it afterwards.
+The trajectory equals `optax.lookahead`'s fast weights (`tests/optim/test_lookahead.py`). The fast
+optimizer's state is never reset (`optax.lookahead(reset_state=False)`, the paper's default).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import numerics
+
+from jaxlearn import _checks
+
+
+class LookaheadSyncState(NamedTuple):
+  """State of `lookahead_sync`.
+
+  Attributes:
+    count: number of updates so far (int32).
+    slow: the slow weights φ (float32 or wider).
+  """
+
+  count: jax.Array
+  slow: optax.Params
+
+
+def _check_sync_period(sync_period) -> None:
+  if isinstance(sync_period, bool):
+    raise ValueError(f"sync_period must be an integer >= 1, got {sync_period!r}")
+  value = _checks.concrete_float(sync_period)
+  if value is not None and (value < 1 or value != int(value)):
+    raise ValueError(f"sync_period must be an integer >= 1, got {sync_period!r}")
+
+
+def lookahead_sync(
+    sync_period: int = 5, slow_step_size: float = 0.5
+) -> optax.GradientTransformationExtraArgs:
+  """Lookahead synchronisation; must be the last transform of a chain (module docstring).
+
+  Args:
+    sync_period: k, fast steps between synchronisations, an integer >= 1.
+    slow_step_size: α, the fraction of the way the slow weights move, in [0, 1]. α = 1 makes the
+      transform the identity.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` (state `LookaheadSyncState`); `update` requires
+    `params`. Evaluate with `state.slow` (the paper's choice) or with the returned params.
+  """
+  _check_sync_period(sync_period)
+  _checks.check_range("slow_step_size", slow_step_size, 0.0, 1.0)
+
+  def init_fn(params):
+    slow = jax.tree.map(lambda p: jnp.asarray(p, jnp.promote_types(p.dtype, jnp.float32)), params)
+    return LookaheadSyncState(jnp.zeros([], jnp.int32), slow)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError("lookahead_sync needs params: call update(updates, state, params)")
+    count = numerics.safe_increment(state.count)
+    sync = count % sync_period == 0
+
+    def leaf(u, p, slow):
+      fast = p.astype(slow.dtype) + u.astype(slow.dtype)
+      new_slow = jnp.where(sync, slow + slow_step_size * (fast - slow), slow)
+      new_u = jnp.where(sync, new_slow - p.astype(slow.dtype), u.astype(slow.dtype))
+      return new_u.astype(u.dtype), new_slow
+
+    pairs = jax.tree.map(leaf, updates, params, state.slow)
+    new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
+    slow = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
+    return new_updates, LookaheadSyncState(count, slow)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

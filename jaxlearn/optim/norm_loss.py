@@ -1,0 +1,68 @@
+"""Norm loss: a decoupled pull of every unit's weight norm towards 1.
+
+Georgiou et al., "Norm Loss: An efficient yet effective regularization method for deep neural
+networks", ICPR 2020, arXiv:2103.06583; as used by Ranger21 (Wright & Demeure, arXiv:2106.13731,
+official code https://github.com/lessw2020/Ranger21).
+
+For every output unit u of a leaf (a neuron's incoming weights, a conv filter; the whole leaf when
+ndim <= 1) Ranger21 adds to the update
+
+.. math::
+
+  \\Delta_u = 2 \\lambda_{nl} \\Bigl(1 - \\frac{1}{\\lVert \\theta_u \\rVert + \\varepsilon}\\Bigr)
+  \\theta_u ,
+
+which (for eps = 0) is the gradient of the penalty `factor * sum_u (||theta_u|| - 1)**2`, applied
+decoupled from the adaptive scaling; the learning-rate step that follows multiplies it by `-lr`, as
+in the official code (`p <- p * (1 - lr * correction)`). Default factor 1e-4 and eps 1e-8 (official).
+
+Layout: `channel_axis=-1` (default) is Flax's output-unit axis (Dense `(in, out)`, Conv `HWIO`); the
+norm runs over every other axis. Pass `channel_axis=0` for PyTorch-layout kernels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlearn import _checks
+from jaxlearn.optim.centralization import _check_channel_axis, _unit_axes
+
+
+def unit_norm(x: jax.Array, channel_axis: int = -1) -> jax.Array:
+  """L2 norm of every output unit (keepdims), or of the whole leaf when ndim <= 1 (float32+)."""
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  axes = None if x.ndim <= 1 else _unit_axes(x.ndim, channel_axis)
+  return jnp.sqrt(jnp.sum(jnp.square(x32), axis=axes, keepdims=x.ndim > 1))
+
+
+def add_norm_loss(
+    factor: float = 1e-4, eps: float = 1e-8, *, channel_axis: int = -1
+) -> optax.GradientTransformationExtraArgs:
+  """Adds the norm-loss term `2 * factor * (1 - 1 / (||theta_u|| + eps)) * theta_u` to the updates.
+
+  Args:
+    factor: the norm-loss coefficient λ_nl, >= 0 (official 1e-4).
+    eps: added to each unit norm, > 0, so that an all-zero unit gives a zero term, not NaN.
+    channel_axis: the output-unit axis of leaves with ndim > 1.
+
+  Returns:
+    A stateless `optax.GradientTransformationExtraArgs`; `update` requires `params`.
+  """
+  _checks.check_non_negative("factor", factor)
+  _checks.check_positive("eps", eps)
+  _check_channel_axis(channel_axis)
+
+  def term(u, p):
+    p32 = p.astype(jnp.promote_types(p.dtype, jnp.float32))
+    correction = 2 * factor * (1 - 1 / (unit_norm(p, channel_axis) + eps))
+    return (u + correction * p32).astype(u.dtype)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError("add_norm_loss needs params: call update(updates, state, params)")
+    return jax.tree.map(term, updates, params), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)

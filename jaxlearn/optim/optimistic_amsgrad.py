@@ -1,0 +1,274 @@
+"""Optimistic AMSGrad: AMSGrad plus a step along a prediction of the next gradient.
+
+Wang, Li, Karimi and Li, "An Optimistic Acceleration of AMSGrad for Nonconvex Optimization",
+ACML 2021, arXiv:1903.01435 (first version: "Optimistic Adaptive Acceleration for Optimization");
+official code: https://github.com/Hintonthu/optimistic-amsgrad (read: `Optadam_torch.py`,
+`cifar10_opt.py`, `README.md`).
+
+What could and could not be established. Only the abstract and first page of the paper were
+readable in the stored corpora, so the update below is read from the official code:
+
+.. math::
+
+  \\theta_t &= \\beta_1 \\theta_{t-1} + (1 - \\beta_1) g_t, \\qquad
+  h_{t+1} = \\beta_1 \\theta_{t-1} + (1 - \\beta_1) m_{t+1} \\\\
+  v_t &= \\beta_2 v_{t-1} + (1 - \\beta_2) (g_t - m_{t+1})^2, \\qquad
+  \\hat v_t = \\max(\\hat v_{t-1}, v_t) \\\\
+  w_{t+1/2} &= w_{t-1/2} - \\eta\\, c_t \\frac{\\theta_t}{\\sqrt{\\hat v_t} + \\varepsilon}, \\qquad
+  w_{t+1} = w_{t+1/2} - \\eta\\, c_t \\frac{h_{t+1}}{\\sqrt{\\hat v_t} + \\varepsilon}
+
+with `c_t = sqrt(1 - b2^t) / (1 - b1^t)`, `w_{1/2} = w_1`, `m_{t+1}` the prediction of the next
+gradient, and the gradient evaluated at the displayed iterate `w_t`. `h` uses `θ_{t-1}`, as the
+official code does. The official defaults are η = 1e-3, β1 = 0.9, β2 = 0.99 (README), eps 1e-8,
+span 5, ridge 1e-3.
+
+The gradient predictor is the deviation. The official code extrapolates the last `span` weight
+vectors with regularized minimal polynomial extrapolation (RMPE, Scieur et al. 2016: solve
+`(U^T U + λ I) z = 1` for the matrix `U` of successive differences, normalize `c = z / sum(z)` and
+combine the points with `c`) and evaluates the gradient of an auxiliary network at the
+extrapolated weights: a second backward pass per step, which a `GradientTransformation` cannot
+make. Its option help and docstring describe `span` as "the number of previous gradients used for
+prediction", so here RMPE is applied to the last `span + 1` gradients themselves (same λ, same
+pairing of each difference with its end point), per leaf. Until `span + 1` gradients have been
+seen the prediction is 0, which makes the step AMSGrad's plus the retraction bookkeeping. The
+official code also applies weight decay as an L2 term added to the gradient; `optimistic_amsgrad`
+uses the library's decoupled weight decay (chain `optax.add_decayed_weights` in front for L2).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import numerics
+
+from jaxlearn import _checks
+from jaxlearn.optim import _common
+
+
+class ScaleByOptimisticAMSGradState(NamedTuple):
+  """State of `scale_by_optimistic_amsgrad` (all float leaves float32 or wider).
+
+  Attributes:
+    count: number of updates so far (int32).
+    mu: θ_t, the EMA of the gradients.
+    nu: v_t, the EMA of the squared prediction errors.
+    nu_max: v̂_t, the running maximum of v_t.
+    history: the last `span + 1` gradients, stacked on a leading axis, newest last.
+    pending: `c_t h_{t+1} / (sqrt(v̂_t) + eps)`, the optimistic half-step taken last time, which
+      the next step retracts (the next iterate starts from `w_{t+1/2}`).
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  nu_max: optax.Updates
+  history: optax.Updates
+  pending: optax.Updates
+
+
+def rmpe_extrapolate(sequence: jax.Array, ridge: float | jax.Array = 1e-3) -> jax.Array:
+  """Regularized minimal polynomial extrapolation of a sequence of arrays.
+
+  With `x_0, ..., x_r` the entries of `sequence` along axis 0, `U` the r x d matrix of differences
+  `x_i - x_{i-1}` (i = 1..r), solves `(U U^T + λ I) z = 1`, sets `c = z / sum(z)` and returns
+  `sum_i c_i x_i` over i = 1..r (each difference paired with its end point, as in the official
+  Optimistic-AMSGrad code). `U U^T + λ I` is positive definite for λ > 0, so `sum(z) > 0`.
+
+  Args:
+    sequence: array of shape (r + 1, ...), r >= 1.
+    ridge: λ > 0.
+
+  Returns:
+    The extrapolated point, shape `sequence.shape[1:]`, float32 or wider.
+  """
+  dtype = jnp.promote_types(sequence.dtype, jnp.float32)
+  # Contracts over the trailing axes instead of flattening them: under an explicit mesh a sharded
+  # array cannot always be reshaped, and the result keeps the entries' sharding. The r x r Gram
+  # matrix is replicated (a dot over sharded axes needs its output sharding spelled out).
+  points = sequence.astype(dtype)
+  diffs = points[1:] - points[:-1]
+  trailing = tuple(range(1, sequence.ndim))
+  replicated = jax.typeof(diffs).sharding.update(spec=jax.P())
+  gram = jnp.tensordot(
+      diffs, diffs, (trailing, trailing), precision=jax.lax.Precision.HIGHEST,
+      out_sharding=replicated,
+  )
+  gram = gram + ridge * jnp.eye(gram.shape[0], dtype=dtype)
+  z = jnp.linalg.solve(gram, jnp.ones(gram.shape[0], dtype))
+  coefficients = z / jnp.sum(z)
+  return jnp.tensordot(coefficients, points[1:], 1, precision=jax.lax.Precision.HIGHEST)
+
+
+def _check_span(span) -> int | None:
+  """`span` as a Python int, or None when it is traced.
+
+  Under `optax.inject_hyperparams` an int default becomes an array and, inside a jitted update,
+  a tracer; the update never needs it (the state's history length is span + 1), so a traced value
+  is accepted and only `init` requires a concrete one.
+  """
+  if isinstance(span, jax.core.Tracer):
+    return None
+  if isinstance(span, bool):
+    raise ValueError(f"span must be an integer >= 1, got {span!r}")
+  try:
+    span = operator.index(span)
+  except TypeError:
+    raise ValueError(f"span must be an integer >= 1, got {span!r}") from None
+  _checks.check_positive_int("span", span)
+  return span
+
+
+def _float32_zeros(p, leading=()):
+  """Zeros of shape `leading + p.shape`, float32 or wider, sharded like `p` (leading axes
+  replicated), so that under an explicit mesh the state's type matches what `update` computes."""
+  dtype = jnp.promote_types(p.dtype, jnp.float32)
+  sharding = jax.typeof(p).sharding
+  sharding = sharding.update(spec=jax.P(*(None,) * len(leading), *sharding.spec))
+  return jnp.zeros(tuple(leading) + jnp.shape(p), dtype, out_sharding=sharding)
+
+
+def scale_by_optimistic_amsgrad(
+    b1: float = 0.9,
+    b2: float = 0.99,
+    eps: float = 1e-8,
+    ridge: float = 1e-3,
+    *,
+    span: int = 5,
+) -> optax.GradientTransformationExtraArgs:
+  """The Optimistic-AMSGrad displacement `(w_t - w_{t+1}) / η` (see the module docstring).
+
+  With `D_t = sqrt(v̂_t) + eps` and `c_t` the bias correction,
+
+  .. math::
+
+    u_t = c_t \\frac{\\theta_t + h_{t+1}}{D_t} - c_{t-1} \\frac{h_t}{D_{t-1}}
+
+  which is `w_t - w_{t+1}` divided by the learning rate: the half-step of the AMSGrad part and the
+  new optimistic step, minus the optimistic step of the previous iteration (the iterate `w_t`
+  carries it, `w_{t+1/2}` does not). `m_{t+1} = rmpe_extrapolate(last span + 1 gradients, ridge)`
+  per leaf, 0 until that many gradients have been seen.
+
+  Args:
+    b1: decay of θ, in [0, 1).
+    b2: decay of v, in [0, 1).
+    eps: added to sqrt(v̂), > 0.
+    ridge: the RMPE regularization λ, > 0 (official 1e-3).
+    span: number r of gradient differences in the extrapolation, an int >= 1 (official 5);
+      memory is `span + 1` extra copies of the parameters.
+
+  Returns:
+    A `GradientTransformationExtraArgs`; state `ScaleByOptimisticAMSGradState`.
+
+  References:
+    Wang et al., `An Optimistic Acceleration of AMSGrad for Nonconvex Optimization
+    <https://arxiv.org/abs/1903.01435>`_, ACML 2021.
+  """
+  _checks.check_unit_interval("b1", b1)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_positive("eps", eps)
+  _checks.check_positive("ridge", ridge)
+  span = _check_span(span)
+
+  def init_fn(params):
+    if span is None:
+      raise ValueError(
+          "span must be a concrete integer when the state is initialized (it sets the history "
+          "length); with inject_hyperparams under jit, pass static_args=('span',)"
+      )
+    zeros = lambda: jax.tree.map(_float32_zeros, params)
+    return ScaleByOptimisticAMSGradState(
+        count=jnp.zeros([], jnp.int32),
+        mu=zeros(),
+        nu=zeros(),
+        nu_max=zeros(),
+        history=jax.tree.map(lambda p: _float32_zeros(p, (span + 1,)), params),
+        pending=zeros(),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    count = numerics.safe_increment(state.count)
+    step = count.astype(jnp.float32)
+    correction = jnp.sqrt(1.0 - b2**step) / (1.0 - b1**step)
+
+    history = jax.tree.map(
+        lambda h, g: jnp.concatenate([h[1:], g.astype(h.dtype)[None]], axis=0),
+        state.history,
+        updates,
+    )
+    # Before span + 1 gradients exist the extrapolation runs on zeros (finite) and is discarded.
+    prediction = jax.tree.map(
+        lambda h: jnp.where(count >= h.shape[0], rmpe_extrapolate(h, ridge), 0.0).astype(h.dtype),
+        history,
+    )
+    optimistic = jax.tree.map(lambda m, p: b1 * m + (1.0 - b1) * p, state.mu, prediction)
+    mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g.astype(m.dtype), state.mu, updates)
+    nu = jax.tree.map(
+        lambda v, g, p: b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype) - p),
+        state.nu,
+        updates,
+        prediction,
+    )
+    nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+    denominators = jax.tree.map(lambda v: jnp.sqrt(v) + eps, nu_max)
+    pending = jax.tree.map(lambda h, d: correction * h / d, optimistic, denominators)
+    directions = jax.tree.map(
+        lambda m, d, new, old, g: (correction * m / d + new - old).astype(g.dtype),
+        mu,
+        denominators,
+        pending,
+        state.pending,
+        updates,
+    )
+    new_state = ScaleByOptimisticAMSGradState(count, mu, nu, nu_max, history, pending)
+    return directions, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def optimistic_amsgrad(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.99,
+    eps: float = 1e-8,
+    ridge: float = 1e-3,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+    *,
+    span: int = 5,
+) -> optax.GradientTransformationExtraArgs:
+  """Optimistic AMSGrad: `w_{t+1} = w_t - η (u_t + λ w_t)` with `u_t` from
+  `scale_by_optimistic_amsgrad` and decoupled weight decay λ.
+
+  With a learning-rate schedule the previous optimistic half-step is retracted at the current
+  learning rate (exact for a constant one; the official code keeps `w_{t+1/2}` explicitly).
+
+  Args:
+    learning_rate: η, a number or a schedule, >= 0 (official 1e-3).
+    b1: decay of θ, in [0, 1).
+    b2: decay of v, in [0, 1) (official 0.99).
+    eps: added to sqrt(v̂), > 0.
+    ridge: RMPE regularization λ, > 0.
+    weight_decay: decoupled weight decay, >= 0, multiplied by the learning rate.
+    weight_decay_mask: pytree (or prefix) of bools, or callable of params; False: no decay.
+    span: number of gradient differences in the extrapolation, an int >= 1.
+
+  Returns:
+    A `GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import optimistic_amsgrad
+    >>> opt = optimistic_amsgrad(0.1, span=2)
+    >>> params = jnp.zeros(2)
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(jnp.array([1.0, -2.0]), state, params)
+    >>> [round(float(u), 4) for u in updates]
+    [-0.1, 0.1]
+  """
+  scale = scale_by_optimistic_amsgrad(b1, b2, eps, ridge, span=span)
+  return _common.alias(scale, learning_rate, weight_decay, weight_decay_mask)

@@ -1,0 +1,250 @@
+"""Positive-negative momentum (PNM) and its adaptive form AdaPNM, Ranger21's core.
+
+Xie et al., "Positive-Negative Momentum: Manipulating Stochastic Gradient Noise to Improve
+Generalization", ICML 2021, arXiv:2103.17182; official code
+https://github.com/zeke-xie/Positive-Negative-Momentum (`pnm_optim/pnm.py`, `pnm_optim/adapnm.py`).
+
+PNM keeps two momentum buffers. Odd steps update one, even steps the other, each an EMA with decay
+`b1**2` of the gradients it sees; the step combines the buffer just updated (positive weight) with
+the other one (negative weight), normalised so that the noise amplitude does not change the scale:
+
+.. math::
+
+  m_t &= \\beta_1^2 m_{t-2} + (1 - \\beta_1^2) g_t
+        \\quad (\\text{the buffer of } t\\text{'s parity}) \\\\
+  d_t &= \\frac{(1 + \\beta_0) m_t - \\beta_0 m_{t-1}}{\\sqrt{(1 + \\beta_0)^2 + \\beta_0^2}} .
+
+`scale_by_pnm` returns `d_t` (PNM, the SGD form: `theta <- theta - lr * d_t`). `scale_by_adapnm`
+adds Adam's second moment, with the AMSGrad maximum by default (official default `amsgrad=True`):
+
+.. math::
+
+  v_t &= \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2, \\qquad
+  v^{\\max}_t = \\max(v^{\\max}_{t-1}, v_t) \\\\
+  u_t &= \\frac{d_t}{(1 - \\beta_1^t)\\,\\bigl(\\sqrt{v^{\\max}_t / (1 - \\beta_2^t)} + \\varepsilon\\bigr)} .
+
+With `softplus_beta` the denominator becomes `softplus_beta(sqrt(v_max / (1 - b2^t)) + eps)`, as in
+Ranger21's official code (see `jaxlearn.optim.softplus`). The first bias correction is
+`1 - b1**t` (not `b1**2`), as in the official code. Defaults follow the official code:
+b1 = 0.9, b2 = 0.999, b0 = 1.0.
+
+Weight decay in the aliases is decoupled and multiplied by the learning rate,
+`theta <- theta - lr * (u_t + wd * theta)`, as the official `decoupled=True` default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import numerics
+
+from jaxlearn import _checks
+from jaxlearn.optim import _common
+from jaxlearn.optim.softplus import softplus_denominator, state_zeros
+
+
+class ScaleByPNMState(NamedTuple):
+  """State of `scale_by_pnm`.
+
+  Attributes:
+    count: number of updates so far (int32); its parity picks the buffer to update.
+    mu_odd: the momentum buffer updated at odd steps (float32 or wider).
+    mu_even: the momentum buffer updated at even steps (float32 or wider).
+  """
+
+  count: jax.Array
+  mu_odd: optax.Updates
+  mu_even: optax.Updates
+
+
+class ScaleByAdaPNMState(NamedTuple):
+  """State of `scale_by_adapnm`.
+
+  Attributes:
+    count: number of updates so far (int32).
+    mu_odd: the momentum buffer updated at odd steps (float32 or wider).
+    mu_even: the momentum buffer updated at even steps (float32 or wider).
+    nu: second moment of the gradients (float32 or wider).
+    nu_max: running maximum of `nu` (AMSGrad), or None without `amsgrad`.
+  """
+
+  count: jax.Array
+  mu_odd: optax.Updates
+  mu_even: optax.Updates
+  nu: optax.Updates
+  nu_max: optax.Updates | None
+
+
+def _check_pnm(b1, b0) -> None:
+  _checks.check_unit_interval("b1", b1)
+  _checks.check_non_negative("b0", b0)
+
+
+def _pnm_step(updates, count, mu_odd, mu_even, b1, b0) -> tuple[Any, Any, Any]:
+  """Updates the buffer of `count`'s parity; returns (direction d_t, mu_odd, mu_even)."""
+  odd = count % 2 == 1
+  decay = b1 * b1
+  noise_norm = jnp.sqrt((1 + b0) ** 2 + b0**2)
+  current = jax.tree.map(
+      lambda g, a, b: decay * jnp.where(odd, a, b) + (1 - decay) * g, updates, mu_odd, mu_even
+  )
+  other = jax.tree.map(lambda a, b: jnp.where(odd, b, a), mu_odd, mu_even)
+  direction = jax.tree.map(lambda c, o: ((1 + b0) * c - b0 * o) / noise_norm, current, other)
+  new_odd = jax.tree.map(lambda c, a: jnp.where(odd, c, a), current, mu_odd)
+  new_even = jax.tree.map(lambda c, b: jnp.where(odd, b, c), current, mu_even)
+  return direction, new_odd, new_even
+
+
+def scale_by_pnm(b1: float = 0.9, b0: float = 1.0) -> optax.GradientTransformationExtraArgs:
+  """Positive-negative momentum, the SGD form: returns `d_t` (module docstring).
+
+  Args:
+    b1: momentum decay, in [0, 1); each buffer decays by `b1**2` per update it receives.
+    b0: weight of the negative buffer (noise amplitude), >= 0 (official default 1.0). With
+      b0 = 0 only the positive buffer is used.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` (state `ScaleByPNMState`).
+  """
+  _check_pnm(b1, b0)
+
+  def init_fn(params):
+    return ScaleByPNMState(jnp.zeros([], jnp.int32), state_zeros(params), state_zeros(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    count = numerics.safe_increment(state.count)
+    direction, mu_odd, mu_even = _pnm_step(
+        updates, count, state.mu_odd, state.mu_even, b1, b0
+    )
+    out = jax.tree.map(lambda d, g: d.astype(g.dtype), direction, updates)
+    return out, ScaleByPNMState(count, mu_odd, mu_even)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_adapnm(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    b0: float = 1.0,
+    eps: float = 1e-8,
+    softplus_beta: float | None = None,
+    *,
+    amsgrad: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  """Adaptive positive-negative momentum (AdaPNM), optionally with a softplus denominator.
+
+  Args:
+    b1: momentum decay, in [0, 1).
+    b2: second-moment decay, in [0, 1).
+    b0: weight of the negative buffer, >= 0.
+    eps: added to the denominator, >= 0.
+    softplus_beta: None (official AdaPNM) or the softplus sharpness > 0 (Ranger21: 50).
+    amsgrad: divide by the running maximum of the second moment (official default True).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` (state `ScaleByAdaPNMState`).
+  """
+  _check_pnm(b1, b0)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_non_negative("eps", eps)
+  if softplus_beta is not None:
+    _checks.check_positive("softplus_beta", softplus_beta)
+
+  def init_fn(params):
+    return ScaleByAdaPNMState(
+        count=jnp.zeros([], jnp.int32),
+        mu_odd=state_zeros(params),
+        mu_even=state_zeros(params),
+        nu=state_zeros(params),
+        nu_max=state_zeros(params) if amsgrad else None,
+    )
+
+  def denominator(v, count):
+    root = jnp.sqrt(v) / jnp.sqrt(1 - b2**count) + eps
+    return root if softplus_beta is None else softplus_denominator(root, softplus_beta)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    count = numerics.safe_increment(state.count)
+    direction, mu_odd, mu_even = _pnm_step(
+        updates, count, state.mu_odd, state.mu_even, b1, b0
+    )
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+    nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
+    bias_correction1 = 1 - b1**count
+    out = jax.tree.map(
+        lambda g, d, v: (d / bias_correction1 / denominator(v, count)).astype(g.dtype),
+        updates, direction, nu_max if amsgrad else nu,
+    )
+    return out, ScaleByAdaPNMState(count, mu_odd, mu_even, nu, nu_max)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def adapnm_second_moment(state: ScaleByAdaPNMState, b2) -> optax.Updates:
+  """The bias-corrected second moment `v_t / (1 - b2^t)` held in an updated AdaPNM state.
+
+  For `jaxlearn.optim.with_stable_weight_decay(second_moment=...)`: stable weight decay then reads
+  AdaPNM's own `v_t` instead of keeping a second copy. This is the EMA, not its AMSGrad maximum,
+  as in Ranger21's official code.
+  """
+  correction = 1 - b2**state.count
+  return jax.tree.map(lambda v: v / correction, state.nu)
+
+
+def pnm(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b0: float = 1.0,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """PNM: `theta <- theta - lr * (d_t + weight_decay * theta)` (module docstring).
+
+  Args:
+    learning_rate: step size or schedule, >= 0.
+    b1: momentum decay, in [0, 1).
+    b0: weight of the negative buffer, >= 0 (official default 1.0).
+    weight_decay: decoupled weight decay, >= 0.
+    weight_decay_mask: which leaves decay (pytree of bools or callable of params).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+  """
+  return _common.alias(scale_by_pnm(b1, b0), learning_rate, weight_decay, weight_decay_mask)
+
+
+def adapnm(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    b0: float = 1.0,
+    eps: float = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+    *,
+    amsgrad: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  """AdaPNM: `theta <- theta - lr * (u_t + weight_decay * theta)` (module docstring).
+
+  Args:
+    learning_rate: step size or schedule, >= 0 (official default 1e-3).
+    b1: momentum decay, in [0, 1).
+    b2: second-moment decay, in [0, 1).
+    b0: weight of the negative buffer, >= 0.
+    eps: added to the denominator, >= 0.
+    weight_decay: decoupled weight decay, >= 0.
+    weight_decay_mask: which leaves decay (pytree of bools or callable of params).
+    amsgrad: divide by the running maximum of the second moment (official default True).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+  """
+  return _common.alias(
+      scale_by_adapnm(b1, b2, b0, eps, amsgrad=amsgrad),
+      learning_rate, weight_decay, weight_decay_mask,
+  )

@@ -1,0 +1,279 @@
+"""Ranger21: AdamW's core plus eight components, as an `optax.chain` of separately usable parts.
+
+Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv:2106.13731; official code
+https://github.com/lessw2020/Ranger21 (`ranger21/ranger21.py`). The paper body could not be read
+here (only its abstract); every equation below follows the official code, each component's own
+paper and official code, with the official code's evident bugs fixed (listed under Deviations).
+
+Per step t (1-based), with g_t the gradient and θ the parameters before the step:
+
+1. adaptive gradient clipping per output unit, λ = 1e-2, ε = 1e-3 (`jaxlearn.optim.agc`);
+2. gradient centralization per output unit (`centralize_gradients`);
+3. gradient normalization `g / (std(g) + 1e-8)` per leaf (`normalize_gradients`; official code,
+   added after the paper);
+4. AdaPNM with softplus denominator (`scale_by_adapnm(softplus_beta=50)`; Xie et al. 2021 and
+   Tong et al. 2019):
+
+   .. math::
+
+     m_t &= \\beta_1^2 m_{t-2} + (1 - \\beta_1^2) g_t, \\quad
+     v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2, \\quad
+     v^{\\max}_t = \\max(v^{\\max}_{t-1}, v_t) \\\\
+     u_t &= \\frac{(1 + \\beta_0) m_t - \\beta_0 m_{t-1}}
+               {\\sqrt{(1 + \\beta_0)^2 + \\beta_0^2}\\,(1 - \\beta_1^t)\\,
+                \\operatorname{softplus}_{50}\\bigl(\\sqrt{v^{\\max}_t / (1 - \\beta_2^t)} + \\varepsilon\\bigr)};
+
+5. stable weight decay `+ wd / (sqrt(mean_all v_t / (1 - b2^t)) + eps) * θ`
+   (`with_stable_weight_decay`, reading AdaPNM's own `v_t`);
+6. norm loss `+ 2 * 1e-4 * (1 - 1 / (||θ_u|| + eps)) * θ_u` per unit (`add_norm_loss`);
+7. the learning-rate step `* -lr_t` with the warmup/warmdown schedule (`ranger21_schedule`);
+8. Lookahead every 5 steps with α = 0.5 (`lookahead_sync`, last link).
+
+So `θ_t = θ_{t-1} - lr_t * (u_t + decay terms)`, then Lookahead. Defaults (official): lr 1e-3,
+b1 0.9, b2 0.999, b0 1.0 (`pnm_momentum_factor`), eps 1e-8, wd 1e-4, norm loss 1e-4, softplus 50,
+AGC 1e-2 / 1e-3, Lookahead 5 / 0.5, warmdown from 72% of the run to 3e-5.
+
+Schedule (`ranger21_schedule`, official `warmup_dampening` + `get_warm_down`), T = num_iterations:
+warmup over W = ceil(2 / (1 - b2)) steps (Ma & Yarats' untuned rule, arXiv:1910.04209), or W = floor(0.22 T) when
+that exceeds 45% of the run: `lr_t = lr * min(1, t / W)` for t <= W. Warmdown from
+s = floor(0.72 T): for t >= s, `lr_t = max(lr - (lr - min_lr) * min((t + 1 - s) / (T - s + 1), 1),
+min_lr)`, reaching `min_lr` at t = T.
+
+Deviations from the official code (each a bug there; pytorch-optimizer 4.1.0 differs as noted):
+
+- stable weight decay and norm loss: applied to every parameter. The official code applies them
+  outside its parameter loop, so only to the last parameter of each group (pytorch-optimizer fixed).
+- AMSGrad maximum: kept in `nu_max`. The official code writes `max(max_v, v)` back into `v`, so
+  `max_v` stays 0 and the maximum is a no-op (pytorch-optimizer fixed). `amsgrad=False` gives the
+  official code's effective behaviour.
+- PNM combination: `(1 + b0) m_t - b0 m_{t-1}` normalised by `sqrt((1 + b0)^2 + b0^2)` with
+  b0 = 1 (the PNM paper's rule). The official code weights the buffers with the boolean
+  `momentum_type == "pnm"` (so b0 = 1 by accident, ignoring `pnm_momentum_factor`) and normalises
+  with b2 in place of b0: `sqrt((1 + b2)^2 + b2^2)` (2.2347 vs 2.2361, -0.06%).
+  pytorch-optimizer uses b0 correctly but defaults to b0 = 0.9.
+- gradient centralization and normalization: applied once. Both reference codes preprocess the
+  gradient in place for the second moment and then preprocess it again for the momentum;
+  centralization is idempotent, but normalizing twice divides again by `std + 1e-8`
+  (`tests/optim/test_ranger21.py` shows the difference for small gradients).
+- stable weight decay's denominator is `sqrt(mean v_hat) + eps`, and no decay is applied while
+  every gradient so far is exactly zero (the official code divides by zero there).
+  pytorch-optimizer starts the sum of `v_hat` at 1.0, i.e. uses `sqrt((1 + sum v_hat) / N)`.
+- pytorch-optimizer rejects b0 = 1 (it validates beta0 in [0, 1)), so it cannot run the PNM
+  paper's default.
+- all decay terms read θ_{t-1} (additive optax form); the reference codes apply them one after the
+  other in place, which differs by O(lr^2 wd factor).
+
+Layout: unit-wise parts assume Flax kernels (output units on the last axis).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+from jaxlearn import _checks
+from jaxlearn.optim import _common
+from jaxlearn.optim.agc import adaptive_grad_clip
+from jaxlearn.optim.centralization import centralize_gradients, normalize_gradients
+from jaxlearn.optim.lookahead import lookahead_sync
+from jaxlearn.optim.norm_loss import add_norm_loss
+from jaxlearn.optim.pnm import adapnm_second_moment, scale_by_adapnm
+from jaxlearn.optim.stable_weight_decay import with_stable_weight_decay
+
+# The official code's fixed epsilon of gradient normalization (not the optimizer's eps).
+GRADIENT_NORMALIZATION_EPS = 1e-8
+
+
+def _check_iterations(name: str, value: Any, minimum: int) -> None:
+  if isinstance(value, bool):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  number = _checks.concrete_float(value)
+  if number is not None and (number < minimum or number != int(number)):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def default_warmup_iterations(
+    num_iterations: int, b2: float = 0.999, warmup_pct_default: float = 0.22
+) -> int:
+  """The official warmup length: ceil(2 / (1 - b2)), or floor(0.22 T) if that exceeds 0.45 T."""
+  beta_warmup = math.ceil(2.0 / (1.0 - b2))
+  if beta_warmup / num_iterations > 0.45:
+    return int(warmup_pct_default * num_iterations)
+  return beta_warmup
+
+
+def _boundaries(num_iterations, b2, num_warmup_iterations, warmdown_start_pct, warmup_pct_default):
+  """(warmup length W, warmdown start s) as Python ints when every input is concrete.
+
+  Python floats reproduce the official integer rounding exactly (for example
+  ceil(2 / (1 - 0.999)) = 2000, which is 2001 in float32); traced inputs fall back to float32, where
+  a boundary can be off by one step.
+  """
+  values = [num_iterations, b2, warmdown_start_pct, warmup_pct_default]
+  if num_warmup_iterations is not None:
+    values.append(num_warmup_iterations)
+  concrete = [_checks.concrete_float(v) for v in values]
+  if all(c is not None for c in concrete):
+    total, beta2, start_pct, warm_pct = concrete[:4]
+    if num_warmup_iterations is None:
+      warmup = default_warmup_iterations(total, beta2, warm_pct)
+    else:
+      warmup = int(concrete[4])
+    return warmup, int(start_pct * total)
+  total = jnp.asarray(num_iterations, jnp.float32)
+  if num_warmup_iterations is None:
+    beta_warmup = jnp.ceil(2.0 / (1.0 - b2))
+    warmup = jnp.where(beta_warmup / total > 0.45, jnp.floor(warmup_pct_default * total),
+                       beta_warmup)
+  else:
+    warmup = jnp.asarray(num_warmup_iterations, jnp.float32)
+  return warmup, jnp.floor(warmdown_start_pct * total)
+
+
+def ranger21_schedule(
+    learning_rate: float,
+    num_iterations: int,
+    b2: float = 0.999,
+    num_warmup_iterations: int | None = None,
+    warmdown_start_pct: float = 0.72,
+    warmdown_min_lr: float = 3e-5,
+    warmup_pct_default: float = 0.22,
+) -> optax.Schedule:
+  """Ranger21's linear warmup and linear warmdown (module docstring), as an optax schedule.
+
+  Args:
+    learning_rate: the peak learning rate, >= 0.
+    num_iterations: T, the total number of optimizer steps, an integer >= 1.
+    b2: the second-moment decay that sets the default warmup length ceil(2 / (1 - b2)).
+    num_warmup_iterations: W, an integer >= 0, or None for the default rule.
+    warmdown_start_pct: where the warmdown starts, as a fraction of T in [0, 1].
+    warmdown_min_lr: the learning rate at step T, in [0, learning_rate].
+    warmup_pct_default: W as a fraction of T when ceil(2 / (1 - b2)) > 0.45 T, in [0, 1].
+
+  Returns:
+    `schedule(count)`: the learning rate of step `count + 1` (optax passes the number of updates
+    done so far, starting at 0).
+  """
+  _checks.check_non_negative("learning_rate", learning_rate)
+  if callable(learning_rate):
+    raise ValueError("learning_rate must be a number when num_iterations is given, got a callable")
+  _check_iterations("num_iterations", num_iterations, 1)
+  if num_warmup_iterations is not None:
+    _check_iterations("num_warmup_iterations", num_warmup_iterations, 0)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_range("warmdown_start_pct", warmdown_start_pct, 0.0, 1.0)
+  _checks.check_range("warmup_pct_default", warmup_pct_default, 0.0, 1.0)
+  peak = _checks.concrete_float(learning_rate)
+  _checks.check_range("warmdown_min_lr", warmdown_min_lr, 0.0, peak)
+  warmup, start = _boundaries(
+      num_iterations, b2, num_warmup_iterations, warmdown_start_pct, warmup_pct_default
+  )
+
+  def schedule(count):
+    t = jnp.asarray(count, jnp.float32) + 1.0
+    warm = jnp.where(t > warmup, 1.0, jnp.minimum(1.0, t / jnp.maximum(warmup, 1)))
+    warmdown_steps = num_iterations - start
+    fraction = jnp.minimum(jnp.maximum(t + 1 - start, 1.0) / (warmdown_steps + 1), 1.0)
+    down = jnp.maximum(learning_rate - (learning_rate - warmdown_min_lr) * fraction,
+                       warmdown_min_lr)
+    return jnp.where(t < start, learning_rate * warm, down)
+
+  return schedule
+
+
+def ranger21(
+    learning_rate: optax.ScalarOrSchedule,
+    num_iterations: int | None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    b0: float = 1.0,
+    eps: float = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+    agc_clipping: float = 1e-2,
+    agc_eps: float = 1e-3,
+    norm_loss_factor: float = 1e-4,
+    softplus_beta: float | None = 50.0,
+    lookahead_sync_period: int = 5,
+    lookahead_step_size: float = 0.5,
+    num_warmup_iterations: int | None = None,
+    warmdown_start_pct: float = 0.72,
+    warmdown_min_lr: float = 3e-5,
+    warmup_pct_default: float = 0.22,
+    *,
+    amsgrad: bool = True,
+    use_agc: bool = True,
+    use_gc: bool = True,
+    use_gn: bool = True,
+    use_lookahead: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  """Ranger21 (module docstring) as `optax.chain(agc, gc, gn, stable_wd(adapnm), norm_loss, lr, la)`.
+
+  Every part can be switched off for ablations: `use_agc`, `use_gc`, `use_gn`, `use_lookahead`
+  remove a link; `weight_decay=0`, `norm_loss_factor=0`, `softplus_beta=None`, `b0=0` (positive
+  momentum only) and `num_iterations=None` (constant `learning_rate`, or your own schedule) turn
+  off the others.
+
+  Args:
+    learning_rate: the peak learning rate (>= 0), or a schedule when `num_iterations` is None.
+    num_iterations: total optimizer steps, for the built-in warmup/warmdown; None disables it.
+    b1: momentum decay, in [0, 1).
+    b2: second-moment decay, in [0, 1).
+    b0: PNM's negative-momentum weight, >= 0.
+    eps: denominator epsilon (AdaPNM, stable weight decay, norm loss), > 0.
+    weight_decay: stable weight decay coefficient, >= 0.
+    weight_decay_mask: which leaves decay (pytree of bools or callable of params).
+    agc_clipping: AGC's λ, > 0.
+    agc_eps: AGC's floor of the weight norm, >= 0.
+    norm_loss_factor: norm-loss coefficient, >= 0.
+    softplus_beta: softplus sharpness of the denominator (> 0), or None for `sqrt(v_hat) + eps`.
+    lookahead_sync_period: Lookahead's k, an integer >= 1.
+    lookahead_step_size: Lookahead's α, in [0, 1].
+    num_warmup_iterations: warmup length, or None for the official rule.
+    warmdown_start_pct: start of the warmdown as a fraction of `num_iterations`.
+    warmdown_min_lr: learning rate at the last step.
+    warmup_pct_default: warmup fraction used when the b2 rule is too long for the run.
+    amsgrad: use the running maximum of the second moment (AdaPNM default).
+    use_agc: clip gradients adaptively.
+    use_gc: centralize gradients.
+    use_gn: normalize gradients.
+    use_lookahead: end with Lookahead.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; `update` requires `params`.
+  """
+  _common.check_mask(weight_decay_mask)
+  # Checked here too so that errors name this function's arguments, not the parts'.
+  _checks.check_positive("agc_clipping", agc_clipping)
+  _checks.check_non_negative("agc_eps", agc_eps)
+  _checks.check_non_negative("norm_loss_factor", norm_loss_factor)
+  _checks.check_positive("eps", eps)
+  _check_iterations("lookahead_sync_period", lookahead_sync_period, 1)
+  _checks.check_range("lookahead_step_size", lookahead_step_size, 0.0, 1.0)
+  if num_iterations is None:
+    rate = learning_rate
+  else:
+    rate = ranger21_schedule(
+        learning_rate, num_iterations, b2, num_warmup_iterations, warmdown_start_pct,
+        warmdown_min_lr, warmup_pct_default,
+    )
+  parts = []
+  if use_agc:
+    parts.append(adaptive_grad_clip(agc_clipping, agc_eps))
+  if use_gc:
+    parts.append(centralize_gradients())
+  if use_gn:
+    parts.append(normalize_gradients(GRADIENT_NORMALIZATION_EPS))
+  core = scale_by_adapnm(b1, b2, b0, eps, softplus_beta, amsgrad=amsgrad)
+  parts.append(with_stable_weight_decay(
+      core, weight_decay, weight_decay_mask, b2, eps,
+      second_moment=lambda state: adapnm_second_moment(state, b2),
+  ))
+  parts.append(add_norm_loss(norm_loss_factor, eps))
+  parts.append(_common.learning_rate_step(rate))
+  if use_lookahead:
+    parts.append(lookahead_sync(lookahead_sync_period, lookahead_step_size))
+  return optax.chain(*parts)

@@ -1,0 +1,113 @@
+"""The softplus-calibrated denominator of adaptive methods, and Sadam, the optimizer that uses it.
+
+Tong, Liang & Bi, "Calibrating the Adaptive Learning Rate to Improve Convergence of ADAM"
+(arXiv:1908.00700; official code https://github.com/neilliang90/Sadam). Adam divides by
+`sqrt(v)`; tiny second moments then give huge steps. Passing the denominator through a softplus
+
+.. math::
+
+  \\operatorname{softplus}_\\beta(x) = \\frac{1}{\\beta} \\log\\bigl(1 + e^{\\beta x}\\bigr)
+  \\;\\ge\\; \\max\\Bigl(x, \\frac{\\log 2}{\\beta}\\Bigr)
+
+keeps it at least `log(2)/beta` (0.0139 for the default beta = 50) while leaving large values
+unchanged, so the adaptive step is bounded by `beta / log 2` times the momentum.
+
+`softplus_denominator` is the shared piece (Ranger21's `scale_by_adapnm(softplus_beta=50)` uses it);
+`scale_by_sadam` is the official Sadam rule, with its AMSGrad maximum (official default):
+
+.. math::
+
+  m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
+  v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2, \\qquad
+  \\hat v_t = \\max(\\hat v_{t-1}, v_t) \\\\
+  u_t &= \\frac{\\sqrt{1 - \\beta_2^t}}{1 - \\beta_1^t}
+        \\frac{m_t}{\\operatorname{softplus}_\\beta(\\sqrt{\\hat v_t})} .
+
+The official code has no epsilon in this branch (the softplus replaces it) and takes the softplus of
+the *uncorrected* `sqrt(v)`, folding the second bias correction into the step size; both are kept.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import numerics
+
+from jaxlearn import _checks
+
+
+def softplus_denominator(x: jax.Array, beta) -> jax.Array:
+  """`softplus(beta * x) / beta`, computed stably (no overflow for large `beta * x`)."""
+  return jax.nn.softplus(beta * x) / beta
+
+
+class ScaleBySadamState(NamedTuple):
+  """State of `scale_by_sadam`.
+
+  Attributes:
+    count: number of updates so far (int32).
+    mu: first moment (float32 or wider).
+    nu: second moment (float32 or wider).
+    nu_max: running maximum of `nu` (AMSGrad), or None without `amsgrad`.
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  nu_max: optax.Updates | None
+
+
+def state_zeros(params: optax.Params) -> optax.Updates:
+  """Zeros like `params` in float32 at least, so that low-precision moments do not underflow."""
+  return jax.tree.map(
+      lambda p: optax.tree.zeros_like(p, dtype=jnp.promote_types(p.dtype, jnp.float32)), params
+  )
+
+
+def scale_by_sadam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    beta: float = 50.0,
+    *,
+    amsgrad: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  """Sadam: Adam with a softplus-calibrated denominator (official code, module docstring).
+
+  Args:
+    b1: decay of the first moment, in [0, 1).
+    b2: decay of the second moment, in [0, 1).
+    beta: softplus sharpness, > 0 (official default 50).
+    amsgrad: divide by the running maximum of the second moment (official default True).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` (state `ScaleBySadamState`).
+  """
+  _checks.check_unit_interval("b1", b1)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_positive("beta", beta)
+
+  def init_fn(params):
+    return ScaleBySadamState(
+        count=jnp.zeros([], jnp.int32),
+        mu=state_zeros(params),
+        nu=state_zeros(params),
+        nu_max=state_zeros(params) if amsgrad else None,
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    count = numerics.safe_increment(state.count)
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+    nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
+    step_size = jnp.sqrt(1 - b2**count) / (1 - b1**count)
+    out = jax.tree.map(
+        lambda g, m, v: (step_size * m / softplus_denominator(jnp.sqrt(v), beta)).astype(g.dtype),
+        updates, mu, nu_max if amsgrad else nu,
+    )
+    return out, ScaleBySadamState(count, mu, nu, nu_max)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

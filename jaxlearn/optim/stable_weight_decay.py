@@ -1,0 +1,184 @@
+"""Stable weight decay: decoupled weight decay divided by the root mean second moment.
+
+Xie et al., "On the Overlooked Pitfalls of Weight Decay and How to Mitigate Them: A Gradient-Norm
+Perspective" (first titled "Stable Weight Decay Regularization"), arXiv:2011.11152; official code
+https://github.com/zeke-xie/stable-weight-decay-regularization (`swd_optim/adams.py`, AdamS).
+Used by Ranger21 (Wright & Demeure, arXiv:2106.13731).
+
+With an adaptive optimizer the effective step of a parameter is `lr / sqrt(v_hat)`, but AdamW's
+decoupled decay `lr * wd * theta` ignores it. Stable weight decay rescales the decay by the root
+mean of the bias-corrected second moment over ALL parameters (one scalar per step):
+
+.. math::
+
+  \\bar v_t = \\frac{1}{N} \\sum_{\\text{all leaves}} \\sum_i \\hat v_{t,i}, \\qquad
+  u_t \\leftarrow u_t + \\frac{\\lambda}{\\sqrt{\\bar v_t} + \\varepsilon}\\, \\theta_{t-1}
+  \\quad (\\text{on the leaves selected by the mask}),
+
+and the learning-rate step that follows multiplies the whole update by `-lr`, so the decay is
+`lr * wd / sqrt(mean v_hat)`, as in AdamS and Ranger21. The mean runs over every parameter, decayed
+or not, as in both official codes.
+
+`with_stable_weight_decay(inner, ...)` wraps the adaptive transform `inner` because the decay needs
+the gradient's second moment while it must be added to `inner`'s output. By default the wrapper
+keeps its own EMA `v_t = b2 v_{t-1} + (1 - b2) g_t^2` of the gradients it receives (identical to
+`inner`'s when `b2` matches); `second_moment=fn` reads `inner`'s bias-corrected `v_hat` from its
+updated state instead and saves that copy (`jaxlearn.optim.adapnm_second_moment`,
+`adam_second_moment`).
+
+Deviations: the official codes divide by `sqrt(mean v_hat)` alone, which is infinite when every
+gradient so far is zero (Ranger21's official code raises). Here `eps` is added, as in
+pytorch-optimizer's `AdamS`, and while `mean v_hat` is exactly 0 no decay is applied at all (with
+only `eps`, the factor `lr * wd / eps` would flip the weights' sign and blow them up; `AdamS` in
+pytorch-optimizer does that). pytorch-optimizer's `Ranger21` instead starts the sum of `v_hat` at 1.0
+(a defect for small models: see `tests/optim/test_ranger21.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax._src import numerics
+
+from jaxlearn import _checks
+from jaxlearn.optim import _common
+from jaxlearn.optim.lion import compute_in_float32
+from jaxlearn.optim.softplus import state_zeros
+
+SecondMomentFn = Callable[[Any], optax.Updates]
+
+
+class StableWeightDecayState(NamedTuple):
+  """State of `with_stable_weight_decay`.
+
+  Attributes:
+    count: number of updates so far (int32), for the bias correction of `nu`.
+    nu: the wrapper's own EMA of squared gradients, or None when `second_moment` is given.
+    inner_state: the wrapped transform's state.
+  """
+
+  count: jax.Array
+  nu: optax.Updates | None
+  inner_state: Any
+
+
+def mean_second_moment(nu_hat: optax.Updates) -> jax.Array:
+  """The mean of every element of every leaf of `nu_hat` (float32 at least)."""
+  leaves = jax.tree.leaves(nu_hat)
+  total = sum(jnp.sum(v.astype(jnp.promote_types(v.dtype, jnp.float32))) for v in leaves)
+  return total / sum(v.size for v in leaves)
+
+
+def adam_second_moment(state: optax.ScaleByAdamState, b2) -> optax.Updates:
+  """The bias-corrected second moment of an updated `optax.scale_by_adam` state."""
+  correction = 1 - b2**state.count
+  return jax.tree.map(lambda v: v / correction, state.nu)
+
+
+def _decay_flags(mask: _common.MaskOrFn | None, params: optax.Params) -> Any:
+  """A tree like `params` of bools: whether each leaf is decayed (masks may be tree prefixes)."""
+  if mask is None:
+    return jax.tree.map(lambda _: True, params)
+  mask_tree = mask(params) if callable(mask) else mask
+  return jax.tree.map(
+      lambda flag, subtree: jax.tree.map(lambda _: bool(flag), subtree), mask_tree, params
+  )
+
+
+def with_stable_weight_decay(
+    inner: optax.GradientTransformation,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    second_moment: Callable[[Any], optax.Updates] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Adds stable weight decay to the output of the adaptive transform `inner`.
+
+  Args:
+    inner: the adaptive transform (e.g. `optax.scale_by_adam`, `scale_by_adapnm`).
+    weight_decay: the decay coefficient λ, >= 0, or a schedule of the step count.
+    weight_decay_mask: which leaves decay (pytree of bools, a prefix of it, or a callable of
+      params). Every leaf counts in the mean second moment either way.
+    b2: decay of the wrapper's own second-moment EMA, in [0, 1) (unused with `second_moment`).
+    eps: added to `sqrt(mean v_hat)`, > 0. While `mean v_hat` is exactly 0 the decay is skipped.
+    second_moment: optional `fn(inner_state_after_update) -> v_hat` that reads `inner`'s
+      bias-corrected second moment instead of keeping a copy.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs` (state `StableWeightDecayState`); the decay reads
+    `params`, which `update` therefore requires.
+  """
+  _checks.check_non_negative("weight_decay", weight_decay)
+  _checks.check_unit_interval("b2", b2)
+  _checks.check_positive("eps", eps)
+  _common.check_mask(weight_decay_mask)
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    own_nu = None if second_moment is not None else state_zeros(params)
+    return StableWeightDecayState(jnp.zeros([], jnp.int32), own_nu, inner.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError("with_stable_weight_decay needs params: call update(updates, state, params)")
+    count = numerics.safe_increment(state.count)
+    inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    if second_moment is None:
+      nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+      nu_hat = jax.tree.map(lambda v: v / (1 - b2**count), nu)
+    else:
+      nu, nu_hat = None, second_moment(inner_state)
+    decay = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    mean = mean_second_moment(nu_hat)
+    # All-zero gradients so far: no curvature information, and the rule would divide by zero.
+    scale = jnp.where(mean > 0, decay / (jnp.sqrt(mean) + eps), 0.0)
+    flags = _decay_flags(weight_decay_mask, params)
+    out = jax.tree.map(
+        lambda u, p, flag: (u + scale * p).astype(u.dtype) if flag else u,
+        inner_updates, params, flags,
+    )
+    return out, StableWeightDecayState(count, nu, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def adams(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 1e-4,
+    weight_decay_mask: _common.MaskOrFn | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """AdamS: Adam with stable weight decay (official `swd_optim/adams.py`, `amsgrad=False`).
+
+  `theta <- theta - lr * (m_hat / (sqrt(v_hat) + eps) + wd / (sqrt(mean v_hat) + eps) * theta)`;
+  the mean reads Adam's own `v_hat`. Official defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+  weight decay 1e-4.
+
+  Args:
+    learning_rate: step size or schedule, >= 0.
+    b1: first-moment decay, in [0, 1).
+    b2: second-moment decay, in [0, 1).
+    eps: added to Adam's denominator and to `sqrt(mean v_hat)`, > 0.
+    weight_decay: the stable weight decay coefficient, >= 0.
+    weight_decay_mask: which leaves decay.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+  """
+  _checks.check_unit_interval("b1", b1)
+  # Moments in float32 even for float16 params: eps = 1e-8 underflows in float16 (0 / 0 = NaN).
+  adam = compute_in_float32(optax.scale_by_adam(b1, b2, eps))
+  return optax.chain(
+      with_stable_weight_decay(
+          adam, weight_decay, weight_decay_mask, b2, eps,
+          second_moment=lambda state: adam_second_moment(state, b2),
+      ),
+      _common.learning_rate_step(learning_rate),
+  )

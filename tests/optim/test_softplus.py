@@ -1,0 +1,57 @@
+"""The softplus denominator and Sadam against a NumPy transcription of the official Sadam code."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxlearn import optim
+
+
+def test_softplus_denominator_values_floor_and_no_overflow():
+  x = np.array([0.0, 1e-4, 0.01, 0.3, 10.0, 1e6], np.float32)
+  got = np.asarray(optim.softplus_denominator(jnp.asarray(x), 50.0))
+  np.testing.assert_allclose(got, np.logaddexp(0.0, 50.0 * x.astype(np.float64)) / 50.0, rtol=1e-6)
+  assert got[0] == pytest.approx(math.log(2) / 50)  # the floor that bounds the step
+  assert np.all(got >= x) and np.all(np.isfinite(got))
+
+
+def numpy_sadam(params, grads, lr, b1, b2, beta, amsgrad):
+  """neilliang90/Sadam optimizer/Sadam.py (transformer='softplus', no weight decay), float64."""
+  theta = {k: v.astype(np.float64) for k, v in params.items()}
+  m, v, v_max = ({k: np.zeros_like(x) for k, x in theta.items()} for _ in range(3))
+  for t, g in enumerate(grads, start=1):
+    for k in theta:
+      m[k] = b1 * m[k] + (1 - b1) * g[k]
+      v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+      v_max[k] = np.maximum(v_max[k], v[k])
+      denom = np.logaddexp(0.0, beta * np.sqrt(v_max[k] if amsgrad else v[k])) / beta
+      theta[k] = theta[k] - lr * math.sqrt(1 - b2**t) / (1 - b1**t) * m[k] / denom
+  return theta
+
+
+@pytest.mark.parametrize("amsgrad,beta", [(True, 50.0), (False, 10.0)])
+def test_sadam_matches_numpy_transcription(amsgrad, beta):
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(3, 2)), "b": rng.normal(size=2)}
+  grads = [{k: rng.normal(size=v.shape) * 0.05 for k, v in params.items()} for _ in range(6)]
+  optimizer = optax.chain(optim.scale_by_sadam(0.9, 0.999, beta, amsgrad=amsgrad),
+                          optax.scale_by_learning_rate(0.01))
+  p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  state = optimizer.init(p)
+  step = jax.jit(optimizer.update)
+  for g in grads:
+    updates, state = step(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), state, p)
+    p = optax.apply_updates(p, updates)
+  want = numpy_sadam(params, grads, 0.01, 0.9, 0.999, beta, amsgrad)
+  for k in want:
+    np.testing.assert_allclose(p[k], want[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(beta=0.0), "beta"), (dict(b1=1.0), "b1")])
+def test_bad_arguments_raise(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    optim.scale_by_sadam(**kwargs)
