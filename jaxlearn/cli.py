@@ -3,6 +3,7 @@
   jaxlearn list [--kind KIND] [--json | --markdown]
   jaxlearn describe SLUG
   jaxlearn run EXPERIMENT [--quick] [--out DIR] [--seed N]
+  jaxlearn sweep OPTIMIZER --param NAME=VALUES [--param ...] [--random N] [--seeds 0,1] ...
 
 EXPERIMENT is a script name from experiments/ (e.g. `quickstart`) or a method slug, which runs
 that method's experiment. Unknown names and bad options print a message and exit with code 2.
@@ -106,6 +107,16 @@ def _cmd_run(args) -> int:
   return 0
 
 
+def _cmd_sweep(args) -> int:
+  from jaxlearn.train import sweep
+
+  try:
+    sweep.run_from_args(args)
+  except ValueError as error:
+    return _fail(str(error))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="jaxlearn", description="Training techniques from deep-learning papers, in JAX."
@@ -129,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--out", type=Path, default=Path("results"), help="output directory")
   run.add_argument("--seed", type=int, default=0, help="base random seed")
   run.set_defaults(handler=_cmd_run)
+
+  from jaxlearn.launch import add_sweep_arguments  # light: imports jax only when run
+
+  sweep = commands.add_parser(
+      "sweep", help="train one optimizer over a hyperparameter grid or random search and seeds"
+  )
+  add_sweep_arguments(sweep)
+  sweep.set_defaults(handler=_cmd_sweep)
   return parser
 
 

@@ -1,9 +1,16 @@
-"""Training-loop helpers shared by experiments, tests and benchmarks."""
+"""Training-loop helpers shared by experiments, tests and benchmarks.
+
+Submodules for scale: `jaxlearn.train.sweep` (`sweep.sweep(...)`: hyperparameter sweeps),
+`jaxlearn.train.parallel` (device meshes, multi-host), `jaxlearn.train.checkpoint`.
+"""
 
 from jaxlearn.train.loop import FitResult, RunState, classifier, fit, grid
 from jaxlearn.train.models import MLP, mlp
 from jaxlearn.train.progress import progress_bar
 from jaxlearn.train.results import experiment_main, experiment_parser, new_figure, save_result
+from jaxlearn.train.checkpoint import Checkpointer, CorruptCheckpointWarning
+from jaxlearn.train.parallel import make_mesh
+from jaxlearn.train.sweep import LogUniform, SweepResult, Uniform, random_search
 
 __all__ = [
     "FitResult",
@@ -18,4 +25,11 @@ __all__ = [
     "experiment_parser",
     "new_figure",
     "save_result",
+    "Checkpointer",
+    "CorruptCheckpointWarning",
+    "make_mesh",
+    "LogUniform",
+    "SweepResult",
+    "Uniform",
+    "random_search",
 ]

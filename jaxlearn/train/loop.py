@@ -8,12 +8,19 @@ share their initialization and their minibatches, so configurations are compared
 The optimizer is rebuilt inside the traced function from each run's hyperparameters, so any
 numeric hyperparameter of any optimizer factory (the learning rate, betas, weight decay, AdamP's
 delta...) can be swept, with no `inject_hyperparams` needed.
+
+Keyword-only options scale the same loop up: `mesh` splits the runs and/or every minibatch over
+devices and hosts (`jaxlearn.train.parallel`), `checkpoint` saves and resumes exactly
+(`jaxlearn.train.checkpoint`), `callback` reports metrics as they arrive. Compiled programs are
+cached, so repeated calls with the same functions (a sweep's chunks, a resumed run) reuse them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import os
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -23,6 +30,8 @@ import numpy as np
 import optax
 
 from jaxlearn.data import Dataset
+from jaxlearn.train import parallel
+from jaxlearn.train.checkpoint import Checkpointer
 from jaxlearn.train.progress import progress_bar
 
 PyTree = Any
@@ -80,6 +89,78 @@ def _with_state(fn: Callable, has_state: bool, returns_state: bool) -> Callable:
   return lambda params, model_state, *args: fn(params, *args)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Task:
+  """Everything the compiled programs close over. Hashable (functions by identity), so that calls
+  with the same pieces find their compiled programs in `_programs`'s cache."""
+
+  loss_fn: Callable
+  eval_fn: Callable | None
+  init_params: Callable
+  make_optimizer: Callable
+  has_state: bool
+  batch_size: int | None
+  n_train: int
+  eval_every: int
+  layout: parallel.RunLayout
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(task: _Task) -> tuple[Callable, Callable]:
+  """The jitted `init(hparams, keys) -> state` and `chunk(hparams, state, *data) -> (state,
+  metrics)` that advance all runs at once (inputs and outputs carry the leading run axis)."""
+  loss = _with_state(task.loss_fn, task.has_state, returns_state=True)
+  evaluate = None if task.eval_fn is None else _with_state(
+      task.eval_fn, task.has_state, returns_state=False
+  )
+  layout = task.layout
+
+  def init_run(hparams, key):
+    init_key, data_key = jax.random.split(key)
+    out = task.init_params(init_key)
+    params, model_state = out if task.has_state else (out, {})
+    params = layout.params(params)
+    opt_state = task.make_optimizer(**hparams).init(params)
+    return RunState(params, model_state, opt_state, data_key, jnp.zeros([], jnp.int32))
+
+  def train_step(hparams, x_train, y_train, state: RunState, _):
+    # Extra-args support lets loss-aware optimizers read `value`; others ignore it.
+    optimizer = optax.with_extra_args_support(task.make_optimizer(**hparams))
+    key, batch_key = jax.random.split(state.key)
+    if task.batch_size is None:
+      x, y = x_train, y_train
+    else:
+      idx = jax.random.randint(batch_key, (task.batch_size,), 0, task.n_train)
+      x, y = x_train[idx], y_train[idx]
+    x, y = layout.batch(x), layout.batch(y)  # data parallel: each device takes a slice
+    (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(
+        state.params, state.model_state, x, y
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=value)
+    params = layout.params(optax.apply_updates(state.params, updates))
+    return RunState(params, model_state, opt_state, key, state.step + 1), value
+
+  def run_chunk(hparams, state, x_train, y_train, x_test, y_test):
+    step = lambda s, _: train_step(hparams, x_train, y_train, s, _)
+    state, losses = jax.lax.scan(step, state, None, length=task.eval_every)
+    metrics = {"train_loss": jnp.mean(losses)}
+    if evaluate is not None:
+      for split, (x, y) in {"train": (x_train, y_train), "test": (x_test, y_test)}.items():
+        for name, value in evaluate(state.params, state.model_state, x, y).items():
+          metrics[f"{split}_{name}"] = value
+    return state, metrics
+
+  def init_all(hparams, keys):
+    return layout.constrain_state(layout.vmap(init_run)(hparams, keys))
+
+  def chunk_all(hparams, state, *arrays):
+    vmapped = layout.vmap(run_chunk, in_axes=(0, 0, None, None, None, None))
+    state, metrics = vmapped(hparams, state, *arrays)
+    return layout.constrain_state(state), layout.constrain_runs(metrics)
+
+  return jax.jit(init_all), jax.jit(chunk_all)
+
+
 def fit(
     loss_fn: Callable[..., Any],
     init_params: Callable[[jax.Array], Any],
@@ -95,6 +176,10 @@ def fit(
     has_state: bool = False,
     progress: bool = True,
     desc: str = "train",
+    mesh: jax.sharding.Mesh | None = None,
+    param_specs: Callable[[PyTree], PyTree] | None = None,
+    checkpoint: Checkpointer | str | os.PathLike | None = None,
+    callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> FitResult:
   """Trains every (configuration, seed) pair at once and records metrics every `eval_every` steps.
 
@@ -115,6 +200,17 @@ def fit(
     has_state: whether the model has non-trainable state such as batch statistics.
     progress: show a progress bar.
     desc: the progress bar's label.
+    mesh: a ('runs', 'data') mesh from `parallel.make_mesh`: the runs are split over 'runs' (their
+      number must be a multiple of its size) and every minibatch over 'data' (`batch_size` must be
+      a multiple of its size); batch statistics stay global. Default: the mesh set with
+      `jax.set_mesh`, if any, else one device.
+    param_specs: `param_specs(params) -> PartitionSpec tree` sharding one run's parameters over
+      the mesh (e.g. `functools.partial(parallel.fsdp_specs, mesh=mesh)`); optimizer-state leaves
+      shaped like the parameters follow them. Default: replicated.
+    checkpoint: a `Checkpointer` or a directory (saved every `eval_every` steps). The run resumes
+      from the newest intact checkpoint of the same run there, if any, and gives bitwise the same
+      result as an uninterrupted run on the same hardware.
+    callback: `callback(step, metrics)` after every `eval_every` steps, metrics of shape (K, S).
 
   Returns:
     A `FitResult`.
@@ -131,60 +227,54 @@ def fit(
   names = sorted(configs[0])
   if any(sorted(c) != names for c in configs):
     raise ValueError("every configuration must set the same hyperparameters")
-
-  loss = _with_state(loss_fn, has_state, returns_state=True)
-  evaluate = None if eval_fn is None else _with_state(eval_fn, has_state, returns_state=False)
+  layout = parallel.RunLayout(mesh if mesh is not None else parallel.ambient_mesh(), param_specs)
+  layout.check(len(configs) * len(seeds), batch_size)
+  init, chunk = _programs(_Task(
+      loss_fn, eval_fn, init_params, make_optimizer, has_state, batch_size, n_train, eval_every,
+      layout,
+  ))
 
   # Flatten configs x seeds into R runs, config-major.
   run_hparams = {
       n: jnp.asarray([c[n] for c in configs for _ in seeds], jnp.float32) for n in names
   }
   run_keys = jnp.stack([jax.random.PRNGKey(s) for _ in configs for s in seeds])
-
-  def init_run(hparams, key):
-    init_key, data_key = jax.random.split(key)
-    out = init_params(init_key)
-    params, model_state = out if has_state else (out, {})
-    opt_state = make_optimizer(**hparams).init(params)
-    return RunState(params, model_state, opt_state, data_key, jnp.zeros([], jnp.int32))
-
-  def train_step(hparams, x_train, y_train, state: RunState, _):
-    # Extra-args support lets loss-aware optimizers read `value`; others ignore it.
-    optimizer = optax.with_extra_args_support(make_optimizer(**hparams))
-    key, batch_key = jax.random.split(state.key)
-    if batch_size is None:
-      x, y = x_train, y_train
-    else:
-      idx = jax.random.randint(batch_key, (batch_size,), 0, n_train)
-      x, y = x_train[idx], y_train[idx]
-    (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(
-        state.params, state.model_state, x, y
-    )
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=value)
-    params = optax.apply_updates(state.params, updates)
-    return RunState(params, model_state, opt_state, key, state.step + 1), value
-
-  def run_chunk(hparams, state, x_train, y_train, x_test, y_test):
-    step = lambda s, _: train_step(hparams, x_train, y_train, s, _)
-    state, losses = jax.lax.scan(step, state, None, length=eval_every)
-    metrics = {"train_loss": jnp.mean(losses)}
-    if evaluate is not None:
-      for split, (x, y) in {"train": (x_train, y_train), "test": (x_test, y_test)}.items():
-        for name, value in evaluate(state.params, state.model_state, x, y).items():
-          metrics[f"{split}_{name}"] = value
-    return state, metrics
+  run_hparams, run_keys = layout.put_runs((run_hparams, run_keys))
 
   start = time.perf_counter()
-  arrays = [jnp.asarray(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)]
-  state = jax.jit(jax.vmap(init_run))(run_hparams, run_keys)
-  chunk = jax.jit(jax.vmap(run_chunk, in_axes=(0, 0, None, None, None, None)))
-  records: list[dict[str, np.ndarray]] = []
-  for _ in progress_bar(range(steps // eval_every), enabled=progress, desc=desc):
+  arrays = layout.put_replicated(
+      [jnp.asarray(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)]
+  )
+  checkpointer = _checkpointer(checkpoint, eval_every)
+  run_description = {
+      "configs": configs, "seeds": seeds, "batch_size": batch_size, "eval_every": eval_every,
+      "n_train": n_train,
+  }
+  state, records = None, []
+  if checkpointer is not None:
+    state, records = _resume(checkpointer, init, layout, run_hparams, run_keys, run_description)
+    if len(records) > steps // eval_every:
+      raise ValueError(f"the checkpoint is at step {len(records) * eval_every} > steps={steps}")
+  if state is None:
+    state = init(run_hparams, run_keys)
+  shape = (len(configs), len(seeds))
+  for index in progress_bar(
+      range(len(records), steps // eval_every), enabled=progress, desc=desc
+  ):
     state, metrics = chunk(run_hparams, state, *arrays)
-    records.append(jax.device_get(metrics))
-  shape = (len(configs), len(seeds), len(records))
+    records.append(parallel.to_host(metrics))
+    step = (index + 1) * eval_every
+    if checkpointer is not None and checkpointer.should_save(step, final=step == steps):
+      checkpointer.save(step, state, {"run": run_description, **_records_to_json(records)})
+    if callback is not None:
+      callback(step, {name: value.reshape(shape) for name, value in records[-1].items()})
+  if checkpointer is not None:
+    checkpointer.wait()
+    if checkpointer is not checkpoint:
+      checkpointer.close()
   history = {
-      name: np.stack([r[name] for r in records], axis=-1).reshape(shape) for name in records[0]
+      name: np.stack([r[name] for r in records], axis=-1).reshape(*shape, len(records))
+      for name in records[0]
   }
   return FitResult(
       configs=configs,
@@ -194,6 +284,42 @@ def fit(
       state=state,
       wall_time_s=time.perf_counter() - start,
   )
+
+
+def _checkpointer(checkpoint, eval_every: int) -> Checkpointer | None:
+  if checkpoint is None or isinstance(checkpoint, Checkpointer):
+    return checkpoint
+  return Checkpointer(checkpoint, every=eval_every)
+
+
+def _resume(checkpointer, init, layout, run_hparams, run_keys, run_description):
+  """(state, metric records) from the newest intact checkpoint of this run, or (None, [])."""
+  abstract = jax.eval_shape(init, run_hparams, run_keys)
+  shardings = layout.state_shardings(abstract)
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+  )
+  restored = checkpointer.restore_latest(abstract, expect={"run": run_description})
+  if restored is None:
+    return None, []
+  return restored.state, _records_from_json(restored.metadata)
+
+
+def _records_to_json(records: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+  """The metric history as JSON (floats survive exactly: float32 -> float64 -> repr -> back)."""
+  dtypes = {name: str(value.dtype) for name, value in records[0].items()}
+  return {"metric_dtypes": dtypes, "records": [{n: v.tolist() for n, v in r.items()} for r in records]}
+
+
+def _records_from_json(metadata: Mapping[str, Any]) -> list[dict[str, np.ndarray]]:
+  dtypes = metadata["metric_dtypes"]
+  return [
+      {name: np.asarray(values, dtypes[name]) for name, values in record.items()}
+      for record in metadata["records"]
+  ]
 
 
 def classifier(
