@@ -80,7 +80,10 @@ def time_torch(class_name: str, shapes, repeats: int) -> float | None:
   params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes.values()]
   for p in params:
     p.grad = 1e-2 * torch.randn(p.shape, generator=generator)
-  optimizer = getattr(pytorch_optimizer, class_name)(params, lr=LEARNING_RATE)
+  optimizer_class = getattr(pytorch_optimizer, class_name)
+  optimizer = optimizer_class(
+      params, lr=LEARNING_RATE, **required_arguments(optimizer_class, num_iterations=10_000)
+  )
   return _median_seconds(optimizer.step, repeats)
 
 
