@@ -25,6 +25,12 @@ class Dataset(NamedTuple):
   num_classes: int
 
 
+def check_seed(seed) -> None:
+  """Seeds are integers in [0, 2**32) (the range NumPy's legacy seeding accepts)."""
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+
+
 def split_train_test(
     x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, num_classes: int
 ) -> Dataset:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxlearn import _checks
-from jaxlearn.data.mnist1d import check_seed
+from jaxlearn.data._dataset import check_seed
 
 
 class Graph(NamedTuple):

@@ -13,13 +13,7 @@ import random
 import numpy as np
 
 from jaxlearn import _checks
-from jaxlearn.data._dataset import Dataset
-
-
-def check_seed(seed) -> None:
-  """Seeds are integers in [0, 2**32) (the range NumPy's legacy seeding accepts)."""
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-    raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+from jaxlearn.data._dataset import Dataset, check_seed
 
 
 def load_mnist1d(

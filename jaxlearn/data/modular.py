@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxlearn import _checks
-from jaxlearn.data._dataset import Dataset, split_train_test
-from jaxlearn.data.mnist1d import check_seed
+from jaxlearn.data._dataset import Dataset, check_seed, split_train_test
 
 OPERATIONS = ("add", "sub", "mul", "div")
 

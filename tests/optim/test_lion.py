@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from jaxlearn import optim
+from tests.optim._helpers import run_optimizer
 
 STEPS = 6
 
@@ -37,22 +38,12 @@ def _numpy_lion(params, grads, lr, b1, b2, wd):
   return theta
 
 
-def _run(optimizer, params, grads):
-  params = jax.tree.map(jnp.asarray, params)
-  state = optimizer.init(params)
-  step = jax.jit(optimizer.update)
-  for g in grads:
-    updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
-    params = optax.apply_updates(params, updates)
-  return params, state
-
-
 @pytest.mark.parametrize("factory", [optim.lion, optax.lion], ids=["jaxlearn", "optax"])
 @pytest.mark.parametrize("b1,b2,wd", [(0.9, 0.99, 0.0), (0.9, 0.99, 0.1), (0.5, 0.9, 0.03)])
 def test_matches_numpy_transcription_of_algorithm_2(factory, b1, b2, wd):
   params, grads = _problem()
   lr = 0.01
-  got, _ = _run(factory(lr, b1=b1, b2=b2, weight_decay=wd), params, grads)
+  got, _ = run_optimizer(factory(lr, b1=b1, b2=b2, weight_decay=wd), params, grads)
   want = _numpy_lion(params, grads, lr, b1, b2, wd)
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6)
@@ -81,7 +72,7 @@ def test_matches_pytorch_optimizer_lion():
     for k, t in tensors.items():
       t.grad = torch.tensor(g[k], dtype=torch.float64)
     reference.step()
-  got, _ = _run(optim.lion(lr, *betas, weight_decay=wd), params, grads)
+  got, _ = run_optimizer(optim.lion(lr, *betas, weight_decay=wd), params, grads)
   for k, t in tensors.items():
     np.testing.assert_allclose(got[k], t.detach().numpy(), rtol=1e-6, atol=1e-6)
 

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from jaxlearn import optim
+from tests.optim._helpers import run_optimizer
 
 STEPS = 6
 
@@ -49,16 +50,6 @@ def _numpy_novograd(params, grads, *, lr, b1, b2, eps, eps_root=0.0, wd=0.0, dec
   return w, v
 
 
-def _run(optimizer, params, grads):
-  params = jax.tree.map(jnp.asarray, params)
-  state = optimizer.init(params)
-  step = jax.jit(optimizer.update)
-  for g in grads:
-    updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
-    params = optax.apply_updates(params, updates)
-  return params, state
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -73,7 +64,7 @@ def test_matches_numpy_transcription(kwargs):
   params, grads = _problem()
   hyper = {"b1": 0.95, "b2": 0.98, "eps": 1e-8, "eps_root": 0.0, "weight_decay": 0.0,
            "grad_averaging": False, **kwargs}
-  got, state = _run(optim.novograd(0.01, **hyper), params, grads)
+  got, state = run_optimizer(optim.novograd(0.01, **hyper), params, grads)
   want, want_v = _numpy_novograd(
       params, grads, lr=0.01, b1=hyper["b1"], b2=hyper["b2"], eps=hyper["eps"],
       eps_root=hyper["eps_root"], wd=hyper["weight_decay"], grad_averaging=hyper["grad_averaging"],
@@ -105,7 +96,7 @@ def test_weight_decay_mask_matches_transcription_and_works_under_inject_hyperpar
           learning_rate=0.01, weight_decay=0.1, weight_decay_mask=mask
       ),
   ):
-    got, _ = _run(optimizer, params, grads)
+    got, _ = run_optimizer(optimizer, params, grads)
     for k in want:
       np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6)
 
@@ -114,8 +105,8 @@ def test_weight_decay_mask_matches_transcription_and_works_under_inject_hyperpar
 def test_matches_optax_novograd_where_they_overlap(weight_decay):
   params, grads = _problem(3)
   hyper = dict(b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=weight_decay)
-  got, _ = _run(optim.novograd(0.01, **hyper), params, grads)
-  want, _ = _run(optax.novograd(0.01, **hyper), params, grads)
+  got, _ = run_optimizer(optim.novograd(0.01, **hyper), params, grads)
+  want, _ = run_optimizer(optax.novograd(0.01, **hyper), params, grads)
   for k in params:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
 
@@ -144,8 +135,8 @@ def test_matches_pytorch_optimizer_novograd(weight_decay):
   torch = pytest.importorskip("torch")
   pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
   params, grads = _problem(4)
-  tensors = _torch_run(torch, pytorch_optimizer, params, grads, weight_decay=weight_decay)
-  got, _ = _run(optim.novograd(0.01, 0.95, 0.98, 1e-8, weight_decay=weight_decay), params, grads)
+  tensors = _torchrun_optimizer(torch, pytorch_optimizer, params, grads, weight_decay=weight_decay)
+  got, _ = run_optimizer(optim.novograd(0.01, 0.95, 0.98, 1e-8, weight_decay=weight_decay), params, grads)
   for k, t in tensors.items():
     np.testing.assert_allclose(got[k], t.detach().numpy(), rtol=2e-5, atol=1e-6)
 
@@ -156,15 +147,15 @@ def test_grad_averaging_first_step_differs_from_pytorch_optimizer():
   torch = pytest.importorskip("torch")
   pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
   params, grads = _problem(5)
-  theirs = _torch_run(torch, pytorch_optimizer, params, grads[:1], grad_averaging=True)
-  ours, _ = _run(optim.novograd(0.01, 0.95, 0.98, grad_averaging=True), params, grads[:1])
+  theirs = _torchrun_optimizer(torch, pytorch_optimizer, params, grads[:1], grad_averaging=True)
+  ours, _ = run_optimizer(optim.novograd(0.01, 0.95, 0.98, grad_averaging=True), params, grads[:1])
   for k in params:
     their_step = theirs[k].detach().numpy() - params[k]
     our_step = np.asarray(ours[k]) - params[k]
     np.testing.assert_allclose(our_step, (1 - 0.95) * their_step, rtol=1e-4, atol=1e-7)
 
 
-def _torch_run(torch, pytorch_optimizer, params, grads, **kwargs):
+def _torchrun_optimizer(torch, pytorch_optimizer, params, grads, **kwargs):
   tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
   reference = pytorch_optimizer.NovoGrad(
       list(tensors.values()), lr=0.01, betas=(0.95, 0.98), eps=1e-8, **kwargs

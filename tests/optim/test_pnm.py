@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from jaxlearn import optim
+from tests.optim._helpers import run_optimizer
 
 STEPS = 7
 
@@ -47,16 +48,6 @@ def numpy_pnm(params, grads, lr, b1, b0, wd, adaptive=False, b2=0.999, eps=1e-8,
   return theta
 
 
-def _run(optimizer, params, grads):
-  params = jax.tree.map(jnp.asarray, params)
-  state = optimizer.init(params)
-  step = jax.jit(optimizer.update)
-  for g in grads:
-    updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
-    params = optax.apply_updates(params, updates)
-  return params, state
-
-
 def _close(got, want, rtol=1e-5, atol=1e-6):
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
@@ -65,7 +56,7 @@ def _close(got, want, rtol=1e-5, atol=1e-6):
 @pytest.mark.parametrize("b1,b0,wd", [(0.9, 1.0, 0.0), (0.9, 0.5, 0.1), (0.5, 0.0, 0.0)])
 def test_pnm_matches_numpy_transcription(b1, b0, wd):
   params, grads = _problem()
-  got, _ = _run(optim.pnm(0.05, b1=b1, b0=b0, weight_decay=wd), params, grads)
+  got, _ = run_optimizer(optim.pnm(0.05, b1=b1, b0=b0, weight_decay=wd), params, grads)
   _close(got, numpy_pnm(params, grads, 0.05, b1, b0, wd))
 
 
@@ -75,7 +66,7 @@ def test_adapnm_matches_numpy_transcription(amsgrad, softplus_beta, wd):
   params, grads = _problem(1)
   transform = optim.scale_by_adapnm(softplus_beta=softplus_beta, amsgrad=amsgrad)
   optimizer = optax.chain(transform, optim.decayed_weights(wd), optax.scale_by_learning_rate(0.01))
-  got, _ = _run(optimizer, params, grads)
+  got, _ = run_optimizer(optimizer, params, grads)
   want = numpy_pnm(params, grads, 0.01, 0.9, 1.0, wd, adaptive=True, amsgrad=amsgrad,
                    softplus_beta=softplus_beta)
   _close(got, want)
@@ -83,7 +74,7 @@ def test_adapnm_matches_numpy_transcription(amsgrad, softplus_beta, wd):
 
 def test_adapnm_second_moment_is_the_bias_corrected_ema():
   params, grads = _problem(2)
-  _, state = _run(optim.scale_by_adapnm(b2=0.99), params, grads)
+  _, state = run_optimizer(optim.scale_by_adapnm(b2=0.99), params, grads)
   nu_hat = optim.adapnm_second_moment(state, 0.99)
   want = {k: sum((1 - 0.99) * 0.99 ** (STEPS - 1 - i) * g[k].astype(np.float64) ** 2
                  for i, g in enumerate(grads)) / (1 - 0.99**STEPS) for k in params}
@@ -107,14 +98,14 @@ def test_matches_pytorch_optimizer(adaptive):
     for k, t in tensors.items():
       t.grad = torch.tensor(g[k], dtype=torch.float64)
     reference.step()
-  got, _ = _run(ours, params, grads)
+  got, _ = run_optimizer(ours, params, grads)
   _close(got, {k: t.detach().numpy() for k, t in tensors.items()})
 
 
 def test_inject_hyperparams_matches_plain_and_keeps_dtypes():
   params, grads = _problem(4)
-  plain, _ = _run(optim.adapnm(0.01, b0=0.7, weight_decay=0.1), params, grads)
-  injected, state = _run(optim.inject_hyperparams(optim.adapnm)(0.01, b0=0.7, weight_decay=0.1),
+  plain, _ = run_optimizer(optim.adapnm(0.01, b0=0.7, weight_decay=0.1), params, grads)
+  injected, state = run_optimizer(optim.inject_hyperparams(optim.adapnm)(0.01, b0=0.7, weight_decay=0.1),
                          params, grads)
   _close(injected, plain, rtol=1e-6, atol=1e-7)
   assert state.inner_state[0].mu_odd["w"].dtype == jnp.float32

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from jaxlearn import optim
+from tests.optim._helpers import run_optimizer
 
 STEPS = 6
 
@@ -42,16 +43,6 @@ def numpy_adams(params, grads, lr, wd, b1=0.9, b2=0.999, eps=1e-8, decayed=("w",
   return theta
 
 
-def _run(optimizer, params, grads):
-  params = jax.tree.map(jnp.asarray, params)
-  state = optimizer.init(params)
-  step = jax.jit(optimizer.update)
-  for g in grads:
-    updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
-    params = optax.apply_updates(params, updates)
-  return params, state
-
-
 def _close(got, want, rtol=1e-5, atol=1e-6):
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
@@ -59,7 +50,7 @@ def _close(got, want, rtol=1e-5, atol=1e-6):
 
 def test_adams_matches_the_official_code():
   params, grads = _problem()
-  got, _ = _run(optim.adams(0.01, weight_decay=0.5), params, grads)
+  got, _ = run_optimizer(optim.adams(0.01, weight_decay=0.5), params, grads)
   _close(got, numpy_adams(params, grads, 0.01, 0.5))
 
 
@@ -71,8 +62,8 @@ def test_own_second_moment_equals_reading_the_inner_state():
       optim.with_stable_weight_decay(
           adam, 0.5, second_moment=lambda s: optim.adam_second_moment(s, 0.999)),
       optax.scale_by_learning_rate(0.01))
-  got_own, own_state = _run(own, params, grads)
-  got_shared, shared_state = _run(shared, params, grads)
+  got_own, own_state = run_optimizer(own, params, grads)
+  got_shared, shared_state = run_optimizer(shared, params, grads)
   _close(got_own, got_shared, rtol=1e-6, atol=1e-7)
   assert own_state[0].nu is not None and shared_state[0].nu is None
 
@@ -80,9 +71,9 @@ def test_own_second_moment_equals_reading_the_inner_state():
 def test_mask_skips_the_decay_but_every_leaf_counts_in_the_mean():
   params, grads = _problem(2)
   mask = lambda p: {"w": True, "b": False}
-  got, _ = _run(optim.adams(0.01, weight_decay=0.5, weight_decay_mask=mask), params, grads)
+  got, _ = run_optimizer(optim.adams(0.01, weight_decay=0.5, weight_decay_mask=mask), params, grads)
   _close(got, numpy_adams(params, grads, 0.01, 0.5, decayed=("w",)))
-  injected, _ = _run(
+  injected, _ = run_optimizer(
       optim.inject_hyperparams(optim.adams)(0.01, weight_decay=0.5, weight_decay_mask=mask),
       params, grads)
   _close(injected, got, rtol=1e-6, atol=1e-7)
@@ -111,7 +102,7 @@ def test_adams_matches_pytorch_optimizer():
     for k, t in tensors.items():
       t.grad = torch.tensor(g[k], dtype=torch.float64)
     reference.step()
-  got, _ = _run(optim.adams(0.01, weight_decay=0.5), params, grads)
+  got, _ = run_optimizer(optim.adams(0.01, weight_decay=0.5), params, grads)
   _close(got, {k: t.detach().numpy() for k, t in tensors.items()})
 
 
