@@ -26,14 +26,20 @@ pass `axis=(0, 1)` for those. `tests/optim/test_agc.py` checks all of this again
 transcription of the equation above, and against pytorch-optimizer's `agc` (PyTorch layout).
 The paper does not clip the final linear layer; wrap the transform in `optax.masked` to skip it.
 
-`adaptive_grad_clip` is `optax.adaptive_grad_clip` with argument checks and the jaxlearn dtype
-policy (norms in float32, updates in the gradient's dtype, also under `inject_hyperparams`).
+`adaptive_grad_clip` computes exactly what `optax.adaptive_grad_clip` computes (same units, same
+clipping; `tests/optim/test_agc.py` compares them), with argument checks and the jaxlearn dtype
+policy (norms in float32, updates in the gradient's dtype, also under `inject_hyperparams`). It is
+written here rather than wrapped because optax broadcasts each unit norm back to the full shape and
+selects with `jnp.where`, which fails under an explicit sharding mesh (the broadcast norm loses the
+parameter's sharding); scaling by `min(1, max_norm / ‖G_i‖)` keeps it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from jaxlearn import _checks
@@ -67,4 +73,35 @@ def adaptive_grad_clip(
   """
   _checks.check_positive("clipping", clipping)
   _checks.check_non_negative("eps", eps)
-  return compute_in_float32(optax.adaptive_grad_clip(clipping, eps, axis=axis))
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("adaptive_grad_clip needs the parameters: call update(updates, state, params)")
+    clip = lambda g, w: _clip_unitwise(g, w, clipping, eps, _unit_axes(w, axis))
+    return jax.tree.map(clip, updates, params), state
+
+  return compute_in_float32(optax.GradientTransformation(init_fn, update_fn))
+
+
+def _unit_axes(w: jax.Array, axis: Any) -> Any:
+  """The axes one unit's norm reduces over (None: the whole leaf), as optax chooses them."""
+  if axis is not None:
+    return axis
+  if sum(size != 1 for size in w.shape) <= 1:  # scalars and vectors: one unit
+    return None
+  by_rank = {2: 0, 3: 0, 4: (0, 1, 2), 5: (0, 1, 2, 3)}
+  if w.ndim not in by_rank:
+    raise ValueError(f"adaptive_grad_clip: pass `axis` for a parameter of shape {w.shape}")
+  return by_rank[w.ndim]
+
+
+def _clip_unitwise(g, w, clipping, eps, axes):
+  """g * min(1, clipping * max(‖w_i‖, eps) / ‖g_i‖), unit by unit."""
+  norm = lambda x: jnp.sqrt(jnp.sum(jnp.square(jnp.abs(x)), axis=axes, keepdims=True))
+  max_norm = clipping * jnp.maximum(norm(w), eps)
+  # 1e-6 only guards the division: optax's `div_eps`.
+  return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm(g), 1e-6))

@@ -53,20 +53,8 @@ def _takes_learning_rate(obj: Any) -> bool:
 
 
 def registered_optimizers() -> dict[str, Factory]:
-  """Every registered optimizer alias (symbols of kind 'optimizer' taking `learning_rate`).
-
-  Symbols that do not import yet are left out (the registry test reports them).
-  """
-  found = {}
-  for method in registry.all_methods("optimizer"):
-    for symbol in method.symbols:
-      try:
-        obj = registry.resolve(symbol)
-      except (ImportError, AttributeError):
-        continue
-      if _takes_learning_rate(obj):
-        found[symbol] = obj
-  return found
+  """Every registered optimizer alias (`registry.optimizer_aliases`), by dotted path."""
+  return {symbol: registry.resolve(symbol) for _, symbol in registry.optimizer_aliases()}
 
 
 def resolve_optimizer(optimizer: str | Factory) -> tuple[str, Factory]:

@@ -129,9 +129,11 @@ def optimizer_sharding_case(report):
   """Every optimizer's init/update under an explicit 8-device mesh (sharding in types)."""
   factories = {name: (factory, {}) for name, factory in registered_optimizers().items()}
   for name, (factory, _) in list(factories.items()):
+    if "num_iterations" in inspect.signature(factory).parameters:  # Ranger21's run length
+      factories[name] = (factory, {"num_iterations": 100})
     required = [
         n for n, p in inspect.signature(factory).parameters.items()
-        if p.default is p.empty and n != "learning_rate"
+        if p.default is p.empty and n not in ("learning_rate", "num_iterations")
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     if required:  # e.g. a schedule length: no generic value exists
