@@ -79,9 +79,14 @@ def print_table(rows: Sequence[dict]) -> None:
 
 def plot_curves(axes, curves: dict[str, dict]) -> None:
   """Train loss and test accuracy against steps, one line per optimizer, on two axes."""
-  for label, curve in curves.items():
-    axes[0].plot(curve["steps"], curve["train_loss"], label=label)
-    axes[1].plot(curve["steps"], curve["test_accuracy"], label=label)
+  import matplotlib
+
+  colors = matplotlib.colormaps["tab20"].colors  # distinct colors for up to 20 optimizers
+  for index, (label, curve) in enumerate(curves.items()):
+    style = {"label": label, "color": colors[index % len(colors)]}
+    axes[0].plot(curve["steps"], curve["train_loss"], **style)
+    axes[1].plot(curve["steps"], curve["test_accuracy"], **style)
   axes[0].set(xlabel="step", ylabel="train loss (minibatch mean)", yscale="log")
   axes[1].set(xlabel="step", ylabel="test accuracy", ylim=(0.5, 1.0))
-  axes[1].legend(fontsize="small")
+  # Outside the axes, so that it never hides a curve.
+  axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
