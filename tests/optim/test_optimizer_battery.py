@@ -588,7 +588,8 @@ def test_every_row_is_valid_and_unique():
     assert "learning_rate" in row.kwargs, row.name
 
 
-def test_every_registered_optimizer_has_a_row():
+def test_every_registered_optimizer_and_transform_has_a_row():
   covered = {row.slug for row in OPTIMIZERS}
-  missing = [m.slug for m in registry.all_methods("optimizer") if m.slug not in covered]
+  registered = registry.all_methods("optimizer") + registry.all_methods("transform")
+  missing = [m.slug for m in registered if m.slug not in covered]
   assert not missing, f"add rows to OPTIMIZERS for: {missing}"
