@@ -36,13 +36,19 @@ JAX_SPEC="${JAXLEARN_JAX_SPEC:-jax[tpu]}"
 
 EXTRA_ARGS=()
 
+# Prints the calling script's header comment (every line after the shebang up to the first
+# line that is not a comment), without the leading "# ".
+usage() {
+  awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
+}
+
 die() {
   echo "$(basename "$0"): error: $*" >&2
   exit 2
 }
 
 # Parses the shared flags; anything after `--` (and any unknown word when the calling script
-# allows it) is left in EXTRA_ARGS. usage() must be defined by the calling script.
+# allows it) is left in EXTRA_ARGS. usage() prints the calling script's header comment.
 parse_flags() {
   while (($#)); do
     case "$1" in

@@ -7,9 +7,6 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() {
-  sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
-}
 
 parse_flags "$@"
 tpu_vm delete "${TPU_NAME}" --quiet

@@ -9,9 +9,6 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() {
-  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
-}
 
 DESTINATION=""
 script_flag() {

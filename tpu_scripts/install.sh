@@ -12,9 +12,6 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
-}
 
 WORKTREE=0
 script_flag() {

@@ -15,9 +15,6 @@ set -euo pipefail
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
-}
 
 FOREGROUND=0
 DISTRIBUTED="on"
