@@ -4,6 +4,7 @@ One line per method module: `from jaxlearn.optim.<module> import <public names>`
 """
 
 from jaxlearn.optim._common import decayed_weights, inject_hyperparams
+from jaxlearn.optim.extra_args import EXTRA_ARG_NAMES, extra_update_args, margins_from_losses
 from jaxlearn.optim.adamp import ScaleByAdamPState, ScaleBySGDPState, adamp, project_scale_invariant, scale_by_adamp, scale_by_sgdp, sgdp
 from jaxlearn.optim.lion import compute_in_float32, lion, scale_by_lion
 from jaxlearn.optim.gradient_noise import add_gradient_noise
