@@ -1,4 +1,5 @@
-"""The registry is complete and truthful: symbols import, files exist, titles match the seeds."""
+"""The registry is complete and truthful: symbols import, files exist, titles match the papers'
+abstracts, and every record lives beside its code."""
 
 import inspect
 import re
@@ -63,7 +64,43 @@ def test_get_and_errors():
   with pytest.raises(ValueError, match="kind must be one of"):
     registry.all_methods("optimiser")
   with pytest.raises(ValueError, match="kind must be one of"):
-    registry.Method("x", "optimiser", "t", "r", (), ())
+    registry.Method("x", "optimiser", "t", "r")
+  with pytest.raises(ValueError, match="kind must be one of"):
+    registry.record(slug="x", kind="optimiser", title="t", reference="r")
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_record_lives_beside_its_code_and_symbols_are_derived(method):
+  import importlib
+
+  module = importlib.import_module(method.module)
+  assert module.RECORD.method.slug == method.slug
+  # The module's own public names come first, under the path users import them from.
+  own = [registry.resolve(s) for s in method.symbols[: len(module.__all__)]]
+  assert own == [getattr(module, name) for name in module.__all__]
+  assert method.symbols[0].startswith("jaxlearn."), "the jaxlearn symbol is shown first"
+  assert method.tests[0].startswith("tests/"), method.tests
+
+
+def test_update_extras_use_the_convention_names():
+  from jaxlearn.optim import EXTRA_ARG_NAMES
+
+  for method in METHODS:
+    assert set(method.update_extras) <= set(EXTRA_ARG_NAMES), method.slug
+  assert registry.get("normalized_lr_gd").update_extras == ("margins",)
+
+
+def test_write_readme_table_rewrites_only_between_the_markers(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text("intro\n<!-- methods:start -->\nstale\n<!-- methods:end -->\noutro\n")
+  assert registry.write_readme_table(readme)
+  text = readme.read_text()
+  assert text.startswith("intro\n") and text.endswith("\noutro\n")
+  assert registry.markdown_table() in text and "stale" not in text
+  assert not registry.write_readme_table(readme)  # already up to date
+  readme.write_text("no markers")
+  with pytest.raises(ValueError, match="markers"):
+    registry.write_readme_table(readme)
 
 
 def test_readme_table_is_generated_from_the_registry():
@@ -71,7 +108,7 @@ def test_readme_table_is_generated_from_the_registry():
   match = re.search(r"<!-- methods:start -->\n(.*?)\n<!-- methods:end -->", readme, re.S)
   assert match, "README.md lacks the <!-- methods:start/end --> block"
   assert match.group(1).strip() == registry.markdown_table().strip(), (
-      "README method table is stale: regenerate it with `jaxlearn list --markdown`"
+      "README method table is stale: regenerate it with `jaxlearn list --markdown --write`"
   )
 
 

@@ -29,3 +29,28 @@ from jaxlearn.local.forward_forward import (
     rms_normalize,
     sample_negative_labels,
 )
+
+__all__ = [
+    "Block",
+    "FitState",
+    "LocalContext",
+    "LocalModel",
+    "LocalParams",
+    "LocalRule",
+    "LocalTrainState",
+    "block_labels",
+    "block_losses",
+    "dense_block",
+    "fit_functions",
+    "from_linen",
+    "from_nnx",
+    "init_train_state",
+    "local_loss",
+    "local_train_step",
+    "ForwardForward",
+    "embed_label",
+    "goodness",
+    "layer_loss",
+    "rms_normalize",
+    "sample_negative_labels",
+]

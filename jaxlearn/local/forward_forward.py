@@ -40,8 +40,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.local.framework import LocalContext, LocalModel, LocalParams, LocalRule
+
+__all__ = [
+    "ForwardForward",
+    "goodness",
+    "layer_loss",
+    "rms_normalize",
+    "embed_label",
+    "sample_negative_labels",
+]
 
 
 def _non_batch_axes(x: jax.Array) -> tuple[int, ...]:
@@ -189,3 +199,40 @@ def layer_loss(positive_logits: jax.Array, negative_logits: jax.Array) -> jax.Ar
   positive = jnp.mean(jax.nn.softplus(-positive_logits.astype(jnp.float32)))
   negative = jnp.mean(jax.nn.softplus(negative_logits.astype(jnp.float32)))
   return positive + negative
+
+
+RECORD = registry.record(
+    slug="forward_forward",
+    kind="local_rule",
+    title="The Forward-Forward Algorithm: Some Preliminary Investigations",
+    reference="arXiv:2212.13345",
+    experiment="forward_forward_digits",
+    also=(
+        "jaxlearn.local.LocalModel",
+        "jaxlearn.local.LocalRule",
+        "jaxlearn.local.Block",
+        "jaxlearn.local.dense_block",
+        "jaxlearn.local.from_linen",
+        "jaxlearn.local.from_nnx",
+        "jaxlearn.local.block_losses",
+        "jaxlearn.local.local_loss",
+        "jaxlearn.local.local_train_step",
+        "jaxlearn.local.init_train_state",
+        "jaxlearn.local.block_labels",
+        "jaxlearn.local.fit_functions",
+    ),
+    notes=(
+        "Not in the method index itself: Hinton's Forward-Forward is the base that "
+        "`forward_gnn` and `model_free_forward_forward` build on; this record also carries the "
+        "layer-local framework (`jaxlearn.local.framework`) every local rule uses. Details the "
+        "paper leaves open follow Hinton's Matlab release: threshold = layer width on the sum "
+        "of squares, RMS length normalization (inputs included), label value 1, prediction "
+        "from all but the first hidden layer. Deviations: negatives are uniformly drawn wrong "
+        "labels by default (Matlab draws hard negatives from a softmax read-out; pass `y_neg` "
+        "from `sample_negative_labels(..., logits=)` for that); no peer normalization "
+        "(Matlab's lambdamean=0.03 regularizer); the gradient is the exact one, twice Matlab's "
+        "(it drops the 2 of d h^2), so learning rates differ by 2x. Popular PyTorch ports "
+        "(mpezeshki) use mean instead of sum of squares with threshold 2, and random "
+        "permutations that can pick the true label as a negative; ours never does."
+    ),
+)

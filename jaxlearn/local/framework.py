@@ -44,6 +44,25 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+__all__ = [
+    "LocalModel",
+    "LocalRule",
+    "Block",
+    "dense_block",
+    "from_linen",
+    "from_nnx",
+    "block_losses",
+    "local_loss",
+    "local_train_step",
+    "init_train_state",
+    "block_labels",
+    "fit_functions",
+    "FitState",
+    "LocalContext",
+    "LocalParams",
+    "LocalTrainState",
+]
+
 PyTree = Any
 
 

@@ -11,3 +11,12 @@ from jaxlearn.losses.stablemax import (
     stablemax_cross_entropy_with_probs,
     zero_gradient_fraction,
 )
+
+__all__ = [
+    "stablemax",
+    "log_stablemax",
+    "softmax_collapse_fraction",
+    "stablemax_cross_entropy",
+    "stablemax_cross_entropy_with_probs",
+    "zero_gradient_fraction",
+]

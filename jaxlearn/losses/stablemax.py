@@ -40,6 +40,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlearn import registry
+
+__all__ = [
+    "stablemax",
+    "log_stablemax",
+    "stablemax_cross_entropy",
+    "stablemax_cross_entropy_with_probs",
+    "zero_gradient_fraction",
+    "softmax_collapse_fraction",
+]
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -351,3 +362,21 @@ def _softmax_collapse_kernel(logits: jax.Array) -> jax.Array:
   z = logits.astype(_compute_dtype(logits.dtype))
   total = jnp.sum(jnp.exp(z - jnp.max(z, axis=-1, keepdims=True)), axis=-1)
   return jnp.mean((total == 1).astype(jnp.float32))
+
+
+RECORD = registry.record(
+    slug="stablemax",
+    kind="loss",
+    title="Grokking at the Edge of Numerical Stability",
+    reference="arXiv:2501.04697",
+    experiment="stablemax_softmax_collapse",
+    notes=(
+        "The loss half of the paper; perpGrad (slug `perpgrad`) is an optimizer transform. The "
+        "official code computes the loss in float64; here it runs in float32 (or the logits' "
+        "dtype if wider) as log_softmax(log s(x)), with the non-maximal terms summed apart and "
+        "added by log1p, so a confident example's loss and gradient do not round to 0 (the "
+        "official float32 formula log(s / sum s) does at logits ~1e8). The official eps = "
+        "1e-30 in 1 / (1 - x + eps) is below float resolution (1 - x > 1) and omitted. Traced "
+        "out-of-range labels give NaN; the official torch.gather would raise."
+    ),
+)

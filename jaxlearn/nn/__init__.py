@@ -15,3 +15,16 @@ from jaxlearn.nn.batch_channel_norm import (
     channel_normalize,
 )
 from jaxlearn.nn.lora import LoRA, init_lora, lora_delta
+
+__all__ = [
+    "WSConv",
+    "WSLinear",
+    "weight_standardize",
+    "BatchChannelNorm",
+    "batch_channel_normalize",
+    "batch_statistics",
+    "channel_normalize",
+    "LoRA",
+    "init_lora",
+    "lora_delta",
+]

@@ -62,6 +62,14 @@ from flax import nnx
 
 from jaxlearn._checks import check_positive, check_positive_int, check_range
 
+__all__ = [
+    "BatchChannelNorm",
+    "LinenBatchChannelNorm",
+    "batch_channel_normalize",
+    "batch_statistics",
+    "channel_normalize",
+]
+
 DEFAULT_NUM_GROUPS = 32
 DEFAULT_MOMENTUM = 0.99
 DEFAULT_EPSILON = 1e-5

@@ -8,3 +8,10 @@ public name, so `jaxlearn.nn.<Name>` is the NNX layer and `jaxlearn.nn.linen.<Na
 from jaxlearn.nn.weight_standardization import LinenWSConv as WSConv, LinenWSDense as WSDense
 from jaxlearn.nn.batch_channel_norm import LinenBatchChannelNorm as BatchChannelNorm
 from jaxlearn.nn.lora import LinenLoRA as LoRA
+
+__all__ = [
+    "WSConv",
+    "WSDense",
+    "BatchChannelNorm",
+    "LoRA",
+]

@@ -24,7 +24,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlearn import registry
 from jaxlearn._checks import check_positive_int
+
+__all__ = [
+    "lora_delta",
+    "init_lora",
+    "LoRA",
+    "LinenLoRA",
+]
 
 
 def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, gate: jax.Array | None = None,
@@ -120,3 +128,22 @@ class LinenLoRA(linen.Module):
     b = self.param("b", init("b"))
     gate = self.param("gate", init("gate")) if self.gated else None
     return _apply(x, a, b, gate, self.scaling, self.dtype)
+
+
+RECORD = registry.record(
+    slug="allora",
+    kind="layer",
+    title="ALLoRA: Adaptive Learning Rate Mitigates LoRA Fatal Flaws",
+    reference="arXiv:2410.09692",
+    extra_tests=("tests/optim/test_sora.py",),
+    notes=(
+        "INCOMPLETE: only the scaling-free, dropout-free LoRA adapter ALLoRA trains "
+        "(lora_delta with scaling=1, shared with SoRA) is implemented. The ALLoRA update rule "
+        "itself is NOT implemented: the stored sources give only the abstract (gradients "
+        "scaled by a coefficient inversely proportional to the parameters' l2 norm); the norm "
+        "granularity (per tensor / per row), the stabilizing constant that keeps the "
+        "coefficient finite at B = 0, and the defaults could not be read (no paper body or "
+        "official code reachable), so no transform, battery row or experiment was written "
+        "rather than guessing the rule."
+    ),
+)

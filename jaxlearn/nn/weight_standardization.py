@@ -41,7 +41,16 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes as nnx_dtypes
 
+from jaxlearn import registry
 from jaxlearn._checks import check_positive, check_positive_int
+
+__all__ = [
+    "weight_standardize",
+    "WSConv",
+    "WSLinear",
+    "LinenWSConv",
+    "LinenWSDense",
+]
 
 DEFAULT_EPSILON = 1e-5
 
@@ -289,3 +298,31 @@ class LinenWSConv(linen.Conv):
       features = inputs.shape[-1] if inputs.ndim else 0
     _check_inputs("WSConv", inputs, len(window) + 1, features)
     return super().__call__(inputs)
+
+
+RECORD = registry.record(
+    slug="weight_standardization_bcn",
+    kind="normalization",
+    title="Micro-Batch Training with Batch-Channel Normalization and Weight Standardization",
+    reference="arXiv:1903.10520",
+    experiment="microbatch_norm",
+    extra_tests=("tests/nn/test_weight_standardization_bcn.py",),
+    also=(
+        "jaxlearn.nn.BatchChannelNorm",
+        "jaxlearn.nn.linen.BatchChannelNorm",
+        "jaxlearn.nn.batch_channel_normalize",
+    ),
+    notes=(
+        "WS follows the paper: eps inside the square root of the population variance; the "
+        "official PyTorch snippet divides by the unbiased std + 1e-5, which scales the "
+        "standardized kernel by sqrt((I-1)/I) for fan-in I (tested). BCN follows the official "
+        "code: per-group affine after the channel normalization, num_groups=32, eps 1e-5; "
+        "`use_estimated_stats=True` is micro-batch BCN (EstBN: variance around the previous "
+        "estimate, normalization with the updated estimates, no gradient through them). "
+        "EstBN's rate is published neither in the paper nor in the code (its buffer defaults "
+        "to 0): we default to momentum 0.99 (r = 0.01), flax's BatchNorm default. With batch "
+        "statistics the running variance uses the biased batch variance (flax); PyTorch's "
+        "BatchNorm2d uses the unbiased one (tested). Outputs default to the input dtype. "
+        "WSConv/WSLinear reject `mask`."
+    ),
+)

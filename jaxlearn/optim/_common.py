@@ -16,6 +16,11 @@ import optax
 
 from jaxlearn import _checks
 
+__all__ = [
+    "decayed_weights",
+    "inject_hyperparams",
+]
+
 MaskOrFn = Any  # a pytree (or pytree prefix) of bools, or a callable params -> such a pytree
 
 _MASK_TRAP = (

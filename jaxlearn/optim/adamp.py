@@ -48,8 +48,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
+
+__all__ = [
+    "adamp",
+    "sgdp",
+    "scale_by_adamp",
+    "scale_by_sgdp",
+    "ScaleByAdamPState",
+    "ScaleBySGDPState",
+    "project_scale_invariant",
+]
 
 _NO_PARAMS = (
     "{name} needs the current parameters: call update(updates, state, params) "
@@ -470,3 +481,27 @@ def sgdp(
       weight_decay_mask=weight_decay_mask, channel_axis=channel_axis,
   )
   return optax.chain(scale, _common.learning_rate_step(learning_rate))
+
+
+RECORD = registry.record(
+    slug="adamp_sgdp",
+    kind="optimizer",
+    title="AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights",
+    reference="arXiv:2006.08217",
+    experiment="adamp_scale_invariance",
+    pytorch_optimizer={"jaxlearn.optim.adamp": "AdamP", "jaxlearn.optim.sgdp": "SGDP"},
+    notes=(
+        "Layout: the per-channel view uses the LAST axis (Flax Dense (in, out), Conv HWIO); "
+        "PyTorch and the official code use the first (pass channel_axis=0 for that layout). "
+        "Follows the official code (clovaai/AdamP): bias corrections (the paper's listing has "
+        "none), eps outside the corrected root, m_hat / (sqrt(v_hat) + eps) (pytorch-optimizer "
+        "uses eps / sqrt(1 - b2^t), a larger eps early on), decoupled decay multiplied by lr "
+        "and by wd_ratio on projected leaves, and for SGDP divided by 1 - momentum on every "
+        "leaf. SGDP's momentum buffer is never projected, as in the paper's Algorithm 1 and "
+        "pytorch-optimizer; the official SGDP without nesterov projects it in place (d_p "
+        "aliases buf). The decay term is added inside scale_by_adamp / scale_by_sgdp because "
+        "its factor depends on the projection. eps must be > 0 (the references allow 0, which "
+        "gives 0/0 on zero gradients). Moments are kept in float32 at least. Complex "
+        "parameters are not supported."
+    ),
+)

@@ -42,8 +42,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim.lion import compute_in_float32
+
+__all__ = [
+    "adaptive_grad_clip",
+]
 
 
 def adaptive_grad_clip(
@@ -105,3 +110,25 @@ def _clip_unitwise(g, w, clipping, eps, axes):
   max_norm = clipping * jnp.maximum(norm(w), eps)
   # 1e-6 only guards the division: optax's `div_eps`.
   return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm(g), 1e-6))
+
+
+RECORD = registry.record(
+    slug="nfnet_agc",
+    kind="transform",
+    title="High-Performance Large-Scale Image Recognition Without Normalization",
+    reference="arXiv:2102.06171",
+    experiment="nfnet_agc_large_batch",
+    also=(
+        "optax.adaptive_grad_clip",
+    ),
+    notes=(
+        "optax.adaptive_grad_clip equals the official nfnets/agc_optax.py and the paper's "
+        "per-output-unit clipping for Dense (in, out) and HWIO conv kernels and vectors (NumPy "
+        "transcription and pytorch-optimizer agc parity tests). Rank-3 kernels are read as "
+        "multi-head (in, heads, dim): for 1-D conv kernels (W, I, O) the per-unit form needs "
+        "axis=(0, 1). jaxlearn.optim.adaptive_grad_clip adds checks and float32 norms with the "
+        "gradient dtype kept under inject_hyperparams. The paper leaves the final layer "
+        "unclipped: wrap in optax.masked. pytorch-optimizer has agc() as a function, no "
+        "optimizer class."
+    ),
+)

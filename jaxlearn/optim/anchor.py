@@ -31,8 +31,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
+
+__all__ = [
+    "decay_to_anchor",
+    "set_anchor",
+    "anchor_penalty",
+    "fisher_diagonal",
+    "DecayToAnchorState",
+]
 
 PyTree = Any
 _NO_PARAMS = "decay_to_anchor needs params: call update(updates, state, params)."
@@ -156,3 +165,23 @@ def fisher_diagonal(
   """
   grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)
   return jax.tree.map(lambda g: jnp.mean(jnp.square(_wide(g)), axis=0), grads)
+
+
+RECORD = registry.record(
+    slug="rehearsal_free_cl_l2",
+    kind="transform",
+    title="A Closer Look at Rehearsal-Free Continual Learning",
+    reference="arXiv:2203.17269",
+    experiment="rehearsal_free_cl_l2_split_digits",
+    also=(
+        "jaxlearn.data.split_digits",
+        "jaxlearn.data.split_by_class",
+    ),
+    notes=(
+        "Penalty (lambda/2) sum F (theta - theta*)^2 added as its gradient (coupled form; "
+        "decoupled if placed after the base scaling). The paper's exact normalization (lambda "
+        "vs lambda/2), its lambda values and Fisher estimator were not read; fisher_diagonal "
+        "is the empirical Fisher (observed labels), and the experiment sums the Fishers of "
+        "past tasks around one anchor (the previous task's weights)."
+    ),
+)

@@ -41,6 +41,11 @@ import optax
 
 from jaxlearn import _checks
 
+__all__ = [
+    "centralize_gradients",
+    "normalize_gradients",
+]
+
 
 def _unit_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
   """The axes a per-unit reduction runs over: every axis but the output-unit axis."""

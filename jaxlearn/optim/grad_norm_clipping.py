@@ -50,8 +50,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim.lion import compute_in_float32
+
+__all__ = [
+    "clip_by_global_norm",
+    "vanishing_gradient_regularizer",
+    "rnn_state_gradients",
+]
 
 StepFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
@@ -183,3 +190,26 @@ def vanishing_gradient_regularizer(
   terms = jnp.where(valid, jnp.square(ratio - 1.0), 0.0)
   per_step = jnp.mean(terms.reshape(terms.shape[0], -1), axis=1)
   return jnp.sum(per_step)
+
+
+RECORD = registry.record(
+    slug="grad_norm_clipping",
+    kind="transform",
+    title="On the difficulty of training Recurrent Neural Networks",
+    reference="arXiv:1211.5063",
+    experiment="grad_norm_clipping_adding",
+    also=(
+        "optax.clip_by_global_norm",
+    ),
+    notes=(
+        "Clipping: optax.clip_by_global_norm is Algorithm 1 (torch clip_grad_norm_ divides by "
+        "|g| + 1e-6); jaxlearn's adds a check and float32 norms, and works under "
+        "inject_hyperparams with bfloat16 grads (optax's lax.select fails). Regularizer: Omega "
+        "of Eq. (9) with the immediate gradient of Eq. (10) (states and dE/dx held constant), "
+        "a loss term. The official code (pascanur/trainingRNNs) uses squared-norm ratios "
+        "(squared=True), averages over steps instead of summing, and holds h_k constant in the "
+        "post-activation form; all three are documented in tests. The default "
+        "(squared=False) takes Eq. (9)'s ratio of plain norms; the official code uses "
+        "squared=True."
+    ),
+)

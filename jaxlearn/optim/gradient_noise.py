@@ -37,8 +37,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim.lion import compute_in_float32
+
+__all__ = [
+    "add_gradient_noise",
+]
 
 
 def _typed_key(key: Any) -> jax.Array:
@@ -100,3 +105,23 @@ def add_gradient_noise(
   inner = compute_in_float32(optax.add_noise(eta, gamma, key))
   return _with_raw_key(inner, jax.random.key_impl(key))
 
+
+RECORD = registry.record(
+    slug="gradient_noise",
+    kind="transform",
+    title="Adding Gradient Noise Improves Learning for Very Deep Networks",
+    reference="arXiv:1511.06807",
+    experiment="gradient_noise_deep_mlp",
+    also=(
+        "optax.add_noise",
+    ),
+    notes=(
+        "optax.add_noise matches sigma_t^2 = eta / (1 + t)^gamma with eta the variance and t = "
+        "0 at the first step, independent noise per leaf and per step (measured in the tests). "
+        "The paper has no official code and does not spell out where t starts; (1 + t) implies "
+        "t = 0 first, as optax and Chainer's GradientNoise do. "
+        "jaxlearn.optim.add_gradient_noise adds argument checks (optax turns eta < 0 into NaN "
+        "updates) and keeps the gradient dtype under inject_hyperparams. Not in "
+        "pytorch-optimizer."
+    ),
+)

@@ -31,8 +31,15 @@ import jax.numpy as jnp
 import optax
 from optax._src import numerics
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
+
+__all__ = [
+    "grams",
+    "scale_by_grams",
+    "ScaleByGramsState",
+]
 
 
 class ScaleByGramsState(NamedTuple):
@@ -169,3 +176,21 @@ def grams(
   """
   scale = scale_by_grams(b1, b2, eps, correct_bias=correct_bias)
   return _common.alias(scale, learning_rate, weight_decay, weight_decay_mask)
+
+
+RECORD = registry.record(
+    slug="grams",
+    kind="optimizer",
+    title="Grams: Gradient Descent with Adaptive Momentum Scaling",
+    reference="arXiv:2412.17107",
+    experiment="grams_vs_adam_lion",
+    pytorch_optimizer={"jaxlearn.optim.grams": "Grams"},
+    notes=(
+        "Follows the official grams-pytorch 0.0.2: eps is added to sqrt(v_t) before the bias "
+        "correction, which is folded into the step size (pytorch-optimizer adds eps after the "
+        "correction; identical for eps=0, a test documents the difference); optional "
+        "correct_bias=False as in the official code. pytorch-optimizer 4.1.0's first moment is "
+        "the ordinary EMA (a claim that it weights the new gradient by b1 does not hold for "
+        "that version; tested). A zero first moment gives a zero step (no 0/0 at eps=0)."
+    ),
+)

@@ -28,8 +28,16 @@ import numpy as np
 import optax
 from optax._src import numerics
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
+
+__all__ = [
+    "gravity",
+    "scale_by_gravity",
+    "gravity_step",
+    "ScaleByGravityState",
+]
 
 KeyOrSeed = Any  # an int seed, or a jax PRNG key (raw uint32[2] or typed)
 
@@ -178,3 +186,21 @@ def gravity(
       scale_by_gravity(learning_rate, alpha, beta, key=key),
       _common.learning_rate_step(learning_rate),
   )
+
+
+RECORD = registry.record(
+    slug="gravity_optimizer",
+    kind="optimizer",
+    title="Gravity Optimizer: a Kinematic Approach on Optimization in Deep Learning",
+    reference="arXiv:2101.09192",
+    experiment="gravity_optimizer_seed_variance",
+    pytorch_optimizer={"jaxlearn.optim.gravity": "Gravity"},
+    notes=(
+        "beta_hat_t = (beta t + 1)/(t + 2) with t = 0 at the first update, as in the paper's "
+        "derivation and the official Keras code; the official PyTorch code and "
+        "pytorch-optimizer start at t = 1 (tested: identical once the count is offset by 1). "
+        "The initial velocity N(0, (alpha/lr)^2) needs a PRNG key (`key=`, an int seed or a "
+        "key). Defaults are the official lr 0.1, alpha 0.01, beta 0.9 (pytorch-optimizer's lr "
+        "default is 0.01). No weight decay (none in the paper)."
+    ),
+)

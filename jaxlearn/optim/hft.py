@@ -33,7 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
+
+__all__ = [
+    "half_fine_tuning",
+    "HalfFineTuningState",
+]
 
 PyTree = Any
 
@@ -109,3 +115,20 @@ def half_fine_tuning(
             HalfFineTuningState(count=optax.safe_increment(state.count)))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+RECORD = registry.record(
+    slug="hft_half_fine_tuning",
+    kind="transform",
+    title="HFT: Half Fine-Tuning for Large Language Models",
+    reference="arXiv:2404.18466",
+    experiment="hft_half_fine_tuning_forgetting",
+    notes=(
+        "No official code and the paper body was not readable: the selection (half of each "
+        "category's parameter matrices, redrawn per stage) follows the abstract and secondary "
+        "summaries. Groups are pytree leaves, categories user-given (default one), "
+        "round(fraction * n) per category with halves rounded up. Frozen leaves get zero "
+        "updates (place the transform last); the base optimizer's moments of frozen leaves "
+        "still see their gradients (PyTorch requires_grad=False would skip them)."
+    ),
+)

@@ -38,8 +38,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
+
+__all__ = [
+    "lion",
+    "scale_by_lion",
+    "compute_in_float32",
+]
 
 
 def _at_least_float32(dtype: Any) -> Any:
@@ -171,3 +178,26 @@ def lion(
   return _common.alias(
       scale_by_lion(b1, b2, mu_dtype=mu_dtype), learning_rate, weight_decay, weight_decay_mask
   )
+
+
+RECORD = registry.record(
+    slug="lion",
+    kind="optimizer",
+    title="Symbolic Discovery of Optimization Algorithms",
+    reference="arXiv:2302.06675",
+    experiment="lion_batch_size",
+    also=(
+        "optax.lion",
+        "optax.scale_by_lion",
+    ),
+    pytorch_optimizer={"jaxlearn.optim.lion": "Lion", "optax.lion": "Lion"},
+    notes=(
+        "optax.lion is Algorithm 2 exactly (NumPy transcription and pytorch-optimizer Lion "
+        "parity tests). jaxlearn.optim.lion wraps optax.scale_by_lion for the paper's "
+        "official-code defaults and jaxlearn's conventions: weight_decay 0 (optax: 1e-3), "
+        "weight_decay_mask (optax: mask), float32 momentum for low-precision params (optax: "
+        "param dtype) and updates in the gradient dtype (optax with mu_dtype=float32 returns "
+        "float32 updates for bfloat16 grads). Defaults and beta ranges [0, 1) as in the "
+        "official code (google/automl lion/lion_pytorch.py, lion_optax.py)."
+    ),
+)

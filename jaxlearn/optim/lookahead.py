@@ -36,6 +36,11 @@ from optax._src import numerics
 
 from jaxlearn import _checks
 
+__all__ = [
+    "lookahead_sync",
+    "LookaheadSyncState",
+]
+
 
 class LookaheadSyncState(NamedTuple):
   """State of `lookahead_sync`.

@@ -37,7 +37,14 @@ import jax.numpy as jnp
 import optax
 from optax._src import numerics
 
+from jaxlearn import registry
 from jaxlearn import _checks
+
+__all__ = [
+    "nag_gs",
+    "scale_by_nag_gs",
+    "ScaleByNagGsState",
+]
 
 
 class ScaleByNagGsState(NamedTuple):
@@ -157,3 +164,22 @@ def nag_gs(
     -0.2222
   """
   return scale_by_nag_gs(learning_rate, mu, gamma)
+
+
+RECORD = registry.record(
+    slug="nag_gs",
+    kind="optimizer",
+    title="NAG-GS: Semi-Implicit, Accelerated and Robust Stochastic Optimizer",
+    reference="arXiv:2209.14937",
+    experiment="nag_gs_step_size_stability",
+    notes=(
+        "Implements the paper's algorithm (x-step, b_k with gamma_k, gamma-step, v-step at "
+        "grad f(x_{k+1})) with v_0 = x_0, as read from the official PyTorch NAGGS and a NumPy "
+        "transcription of the paper's Algorithm found in the code index (the two agree; the "
+        "paper's pseudo-code itself was not readable). The official JAX/optax code branches in "
+        "Python on a traced count (no jit), wastes the first gradient and uses gamma_{k+1} in "
+        "the v-step; it agrees with this one when gamma_0 = mu (tested). The step alpha enters "
+        "non-linearly, so the transform is the whole optimizer (no separate lr scaling) and "
+        "there is no weight decay (none in the official code)."
+    ),
+)

@@ -29,6 +29,11 @@ import optax
 from jaxlearn import _checks
 from jaxlearn.optim.centralization import _check_channel_axis, _unit_axes
 
+__all__ = [
+    "add_norm_loss",
+    "unit_norm",
+]
+
 
 def unit_norm(x: jax.Array, channel_axis: int = -1) -> jax.Array:
   """L2 norm of every output unit (keepdims), or of the whole leaf when ndim <= 1 (float32+)."""

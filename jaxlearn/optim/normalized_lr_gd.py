@@ -32,7 +32,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn.optim import _common
+
+__all__ = [
+    "normalized_lr_gd",
+    "scale_by_normalized_lr_gd",
+    "logistic_normalizer",
+]
 
 _NEEDS_MARGINS = (
     "scale_by_normalized_lr_gd needs the margins y_i * model(a_i; params) of every training "
@@ -126,3 +133,24 @@ def normalized_lr_gd(
     [0.5, -0.5]
   """
   return optax.chain(scale_by_normalized_lr_gd(), _common.learning_rate_step(learning_rate))
+
+
+RECORD = registry.record(
+    slug="normalized_lr_gd",
+    kind="optimizer",
+    title=(
+        "From Logistic Regression to the Perceptron Algorithm: Exploring Gradient Descent with "
+        "Large Step Sizes"
+    ),
+    reference="arXiv:2412.08424",
+    experiment="normalized_lr_gd_perceptron",
+    update_extras=("margins",),
+    notes=(
+        "theta_{t+1} = theta_t - gamma beta_t grad f(theta_t), beta_t = 1/mean_i sigmoid(-y_i "
+        "a_i^T theta_t) (paper, Sec. 6). beta_t needs every example's margin, passed as "
+        "update(..., margins=y * logits); it is computed in log space. When every logistic "
+        "weight underflows (all margins > ~88 in float32) the update is 0 instead of inf * 0 = "
+        "NaN. The battery row fixes margins = 0 (beta = 2): it exercises the plumbing, the "
+        "method-specific tests the normalization."
+    ),
+)

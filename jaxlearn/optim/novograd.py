@@ -46,8 +46,15 @@ import jax.numpy as jnp
 import optax
 from optax._src import numerics
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
+
+__all__ = [
+    "novograd",
+    "scale_by_novograd",
+    "ScaleByNovogradState",
+]
 
 
 class ScaleByNovogradState(NamedTuple):
@@ -215,3 +222,32 @@ def novograd(
       ),
       _common.learning_rate_step(learning_rate),
   )
+
+
+RECORD = registry.record(
+    slug="novograd",
+    kind="optimizer",
+    title=(
+        "Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training of Deep "
+        "Networks"
+    ),
+    reference="arXiv:1905.11286",
+    experiment="novograd_lr_robustness",
+    also=(
+        "optax.novograd",
+        "optax.scale_by_novograd",
+    ),
+    pytorch_optimizer={"jaxlearn.optim.novograd": "NovoGrad"},
+    notes=(
+        "Verified against the official code (OpenSeq2Seq NovoGrad2, NeMo Novograd): per-leaf "
+        "scalar v initialized to |g_1|^2, m_1 = u_1, decay added after normalization inside "
+        "the momentum; optax.novograd matches for the same hyperparameters. jaxlearn's own "
+        "transform adds weight_decay_mask (the decay sits inside the momentum, so optax.masked "
+        "cannot do it), grad_averaging, float32 state (optax keeps v, m in the param dtype) "
+        "and the official defaults betas (0.95, 0.98), eps 1e-8 (optax: 0.9, 0.25, 1e-6). eps "
+        "is outside the root (NeMo/optax/pytorch-optimizer; OpenSeq2Seq puts it inside: eps=0, "
+        "eps_root=...). pytorch-optimizer's grad_averaging skips the (1 - b1) factor on the "
+        "first step; the official code does not (tested). The paper's Algorithm 1 itself was "
+        "not readable here: the defaults of its experiments are not verified."
+    ),
+)

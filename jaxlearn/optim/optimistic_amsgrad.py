@@ -45,8 +45,16 @@ import jax.numpy as jnp
 import optax
 from optax._src import numerics
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
+
+__all__ = [
+    "optimistic_amsgrad",
+    "scale_by_optimistic_amsgrad",
+    "rmpe_extrapolate",
+    "ScaleByOptimisticAMSGradState",
+]
 
 
 class ScaleByOptimisticAMSGradState(NamedTuple):
@@ -272,3 +280,26 @@ def optimistic_amsgrad(
   """
   scale = scale_by_optimistic_amsgrad(b1, b2, eps, ridge, span=span)
   return _common.alias(scale, learning_rate, weight_decay, weight_decay_mask)
+
+
+RECORD = registry.record(
+    slug="optimistic_amsgrad",
+    kind="optimizer",
+    title="An Optimistic Acceleration of AMSGrad for Nonconvex Optimization",
+    reference="arXiv:1903.01435",
+    experiment="optimistic_amsgrad_steps_to_target",
+    notes=(
+        "NOT ESTABLISHED FROM THE PAPER: only its abstract and first page could be read, "
+        "so the update (theta, h = b1 theta_{t-1} + (1-b1) m, v on (g - m)^2, "
+        "AMSGrad max, half-step/optimistic-step pair, bias-corrected step size) is read from "
+        "the official code (Hintonthu/optimistic-amsgrad, Optadam_torch.py). The official "
+        "gradient predictor extrapolates the last `span` WEIGHTS with RMPE and evaluates an "
+        "auxiliary network's gradient there (an extra backward pass, impossible inside a "
+        "GradientTransformation); here RMPE (same ridge 1e-3, same pairing) is applied to the "
+        "last span+1 gradients, as the official option help describes ('previous gradients "
+        "used for prediction'). Prediction is 0 until span+1 gradients exist. Weight decay is "
+        "decoupled (official: L2 added to the gradient). With an lr schedule the previous "
+        "optimistic step is retracted at the current lr. `span` fixes a state shape: pass "
+        "static_args=('span',) to inject_hyperparams when init is jitted."
+    ),
+)

@@ -27,7 +27,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
+
+__all__ = [
+    "orthogonalize_gradients",
+    "orthogonalize_leaf",
+]
 
 DEFAULT_EPS = 1e-30
 _NO_PARAMS = "orthogonalize_gradients needs params: call update(updates, state, params)."
@@ -61,3 +67,21 @@ def orthogonalize_gradients(eps: float = DEFAULT_EPS) -> optax.GradientTransform
     return jax.tree.map(lambda g, w: orthogonalize_leaf(g, w, eps), updates, params), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+RECORD = registry.record(
+    slug="perpgrad",
+    kind="transform",
+    title="Grokking at the Edge of Numerical Stability",
+    reference="arXiv:2501.04697",
+    experiment="perpgrad_weight_norm",
+    pytorch_optimizer={"jaxlearn.optim.orthogonalize_gradients": "OrthoGrad"},
+    notes=(
+        "Same rule and eps (1e-30) as the official orthograd.py and pytorch-optimizer "
+        "OrthoGrad (parity test), per tensor on every leaf; projection and norms in float32 or "
+        "wider (the references use the parameter dtype, float32 unless float64). Chain it "
+        "before the base optimizer. A gradient exactly parallel to w leaves only rounding "
+        "noise, which the rule (like both references) rescales to ||g||. StableMax is "
+        "jaxlearn.losses.stablemax_cross_entropy (its own record)."
+    ),
+)

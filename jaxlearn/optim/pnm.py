@@ -45,6 +45,16 @@ from jaxlearn import _checks
 from jaxlearn.optim import _common
 from jaxlearn.optim.softplus import softplus_denominator, state_zeros
 
+__all__ = [
+    "scale_by_pnm",
+    "pnm",
+    "scale_by_adapnm",
+    "adapnm",
+    "adapnm_second_moment",
+    "ScaleByAdaPNMState",
+    "ScaleByPNMState",
+]
+
 
 class ScaleByPNMState(NamedTuple):
   """State of `scale_by_pnm`.

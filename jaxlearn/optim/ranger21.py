@@ -74,6 +74,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
 from jaxlearn.optim.agc import adaptive_grad_clip
@@ -82,6 +83,11 @@ from jaxlearn.optim.lookahead import lookahead_sync
 from jaxlearn.optim.norm_loss import add_norm_loss
 from jaxlearn.optim.pnm import adapnm_second_moment, scale_by_adapnm
 from jaxlearn.optim.stable_weight_decay import with_stable_weight_decay
+
+__all__ = [
+    "ranger21",
+    "ranger21_schedule",
+]
 
 # The official code's fixed epsilon of gradient normalization (not the optimizer's eps).
 GRADIENT_NORMALIZATION_EPS = 1e-8
@@ -277,3 +283,47 @@ def ranger21(
   if use_lookahead:
     parts.append(lookahead_sync(lookahead_sync_period, lookahead_step_size))
   return optax.chain(*parts)
+
+
+RECORD = registry.record(
+    slug="ranger21",
+    kind="optimizer",
+    title="Ranger21: a synergistic deep learning optimizer",
+    reference="arXiv:2106.13731",
+    experiment="ranger21_deep_mlp",
+    also=(
+        "jaxlearn.optim.centralize_gradients",
+        "jaxlearn.optim.normalize_gradients",
+        "jaxlearn.optim.scale_by_pnm",
+        "jaxlearn.optim.pnm",
+        "jaxlearn.optim.scale_by_adapnm",
+        "jaxlearn.optim.adapnm",
+        "jaxlearn.optim.adapnm_second_moment",
+        "jaxlearn.optim.with_stable_weight_decay",
+        "jaxlearn.optim.adam_second_moment",
+        "jaxlearn.optim.adams",
+        "jaxlearn.optim.add_norm_loss",
+        "jaxlearn.optim.unit_norm",
+        "jaxlearn.optim.softplus_denominator",
+        "jaxlearn.optim.scale_by_sadam",
+        "jaxlearn.optim.lookahead_sync",
+    ),
+    pytorch_optimizer={"jaxlearn.optim.ranger21": "Ranger21", "jaxlearn.optim.adapnm": "AdaPNM", "jaxlearn.optim.pnm": "PNM", "jaxlearn.optim.adams": "AdamS"},
+    notes=(
+        "An optax.chain of parts, each usable alone: AGC (jaxlearn.optim.adaptive_grad_clip, "
+        "slug nfnet_agc), gradient centralization (per output unit, Flax layout; "
+        "optax.centralize averages over the PyTorch axes), gradient normalization, AdaPNM "
+        "(PNM: arXiv:2103.17182) with a softplus denominator (Sadam: arXiv:1908.00700), stable "
+        "weight decay (AdamS: arXiv:2011.11152), norm loss (arXiv:2103.06583), the "
+        "warmup/warmdown schedule, and Lookahead (arXiv:1907.08610) kept in the optimizer "
+        "state (optax.lookahead keeps it in the params). The paper body was not readable here: "
+        "the rule follows the official code (lessw2020/Ranger21) with its bugs fixed: stable "
+        "decay and norm loss on every parameter (official: last parameter only), a working "
+        "AMSGrad maximum (official: no-op), PNM with b0=1 and sqrt((1+b0)^2+b0^2) (official: "
+        "bool factor and b2 in the norm), one gradient normalization (both references "
+        "normalize twice), eps in the stable-decay denominator and no decay while every "
+        "gradient is zero. pytorch-optimizer 4.1.0 Ranger21 differs: sum of v_hat starts at "
+        "1.0, double normalization, default beta0=0.9 and beta0=1.0 rejected. Decay terms are "
+        "additive in theta_{t-1} (references: sequential in place, O(lr^2) apart)."
+    ),
+)

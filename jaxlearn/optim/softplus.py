@@ -38,6 +38,12 @@ from optax._src import numerics
 
 from jaxlearn import _checks
 
+__all__ = [
+    "softplus_denominator",
+    "scale_by_sadam",
+    "ScaleBySadamState",
+]
+
 
 def softplus_denominator(x: jax.Array, beta) -> jax.Array:
   """`softplus(beta * x) / beta`, computed stably (no overflow for large `beta * x`)."""

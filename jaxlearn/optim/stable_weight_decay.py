@@ -48,6 +48,13 @@ from jaxlearn.optim import _common
 from jaxlearn.optim.lion import compute_in_float32
 from jaxlearn.optim.softplus import state_zeros
 
+__all__ = [
+    "with_stable_weight_decay",
+    "adam_second_moment",
+    "adams",
+    "StableWeightDecayState",
+]
+
 SecondMomentFn = Callable[[Any], optax.Updates]
 
 
