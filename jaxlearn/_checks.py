@@ -16,6 +16,14 @@ import jax
 import numpy as np
 
 
+def _check_kind(name: str, value: Any) -> None:
+  """A hyperparameter is a number, an array scalar, a schedule or a tracer: never None or text
+  (`adamp(None)` would otherwise build an optimizer that steps uphill, and `nag_gs('0.01')` one
+  that fails at its first update with an unrelated error)."""
+  if value is None or isinstance(value, (str, bytes)):
+    raise ValueError(f"{name} must be a number or a schedule, got {value!r}")
+
+
 def concrete_float(value: Any) -> float | None:
   """Returns `value` as a Python float, or None if it is traced, a schedule or not a scalar."""
   if callable(value) or isinstance(value, jax.core.Tracer):
@@ -38,10 +46,13 @@ def check_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-  """Raises ValueError unless `value` lies in the interval given by `low` and `high`.
+  """Raises ValueError unless `value` is a finite number in the interval given by `low`, `high`.
 
-  Schedules (callables) and traced values are accepted as they are. NaN is always rejected.
+  Schedules (callables) and traced values are accepted as they are. NaN is always rejected, and
+  so are +-inf (an open end of the interval is written `inf)` and excludes infinity), None and
+  strings.
   """
+  _check_kind(name, value)
   number = concrete_float(value)
   if number is None:
     return
@@ -50,7 +61,7 @@ def check_range(
   allowed = f"{left}, {right}"
   too_low = low is not None and (number < low or (number == low and not low_inclusive))
   too_high = high is not None and (number > high or (number == high and not high_inclusive))
-  if math.isnan(number) or too_low or too_high:
+  if not math.isfinite(number) or too_low or too_high:
     raise ValueError(f"{name} must be in {allowed}, got {value!r}")
 
 
