@@ -16,4 +16,7 @@ __all__ = [
     "load_mnist1d",
     "modular_arithmetic",
     "one_hot_pairs",
+    "merge_tasks",
+    "split_by_class",
+    "split_digits",
 ]

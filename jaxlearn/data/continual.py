@@ -15,6 +15,8 @@ import numpy as np
 from jaxlearn.data._dataset import Dataset
 from jaxlearn.data.digits import load_digits
 
+__all__ = ["split_by_class", "merge", "split_digits"]
+
 
 def split_by_class(data: Dataset, tasks: Sequence[Sequence[int]]) -> list[Dataset]:
   """Cuts `data` into one `Dataset` per task, each with only the task's classes.

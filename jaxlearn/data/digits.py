@@ -9,6 +9,8 @@ import numpy as np
 
 from jaxlearn.data._dataset import Dataset, split_train_test
 
+__all__ = ["load_digits"]
+
 
 def load_digits(*, flat: bool = True, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
   """Loads the digits, scaled to [0, 1], split deterministically by `seed`.

@@ -15,6 +15,8 @@ import numpy as np
 from jaxlearn import _checks
 from jaxlearn.data._dataset import check_seed
 
+__all__ = ["Graph", "stochastic_block_model"]
+
 
 class Graph(NamedTuple):
   """A graph with node labels and a train/validation/test partition of the nodes.

@@ -15,6 +15,8 @@ import numpy as np
 from jaxlearn import _checks
 from jaxlearn.data._dataset import Dataset, check_seed
 
+__all__ = ["load_mnist1d"]
+
 
 def load_mnist1d(
     *,

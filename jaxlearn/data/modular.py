@@ -11,6 +11,8 @@ import numpy as np
 from jaxlearn import _checks
 from jaxlearn.data._dataset import Dataset, check_seed, split_train_test
 
+__all__ = ["modular_arithmetic", "one_hot_pairs"]
+
 OPERATIONS = ("add", "sub", "mul", "div")
 
 
