@@ -41,6 +41,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlearn import registry
+from jaxlearn.losses._common import (
+    check_class_axis,
+    check_labels,
+    check_reduction,
+    check_targets,
+    check_weights,
+    float_array,
+    label_validity,
+    nan_unless,
+    reduce_loss,
+    target_validity,
+)
 
 __all__ = [
     "stablemax",
@@ -54,28 +66,11 @@ __all__ = [
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _float_array(value, name: str) -> jax.Array:
-  """`value` as a floating-point array; a ValueError naming `name` otherwise."""
-  array = jnp.asarray(value)
-  if not jnp.issubdtype(array.dtype, jnp.floating):
-    raise ValueError(f"{name} must be a floating-point array, got dtype {array.dtype}")
-  return array
-
-
 def _check_axis(axis: int, ndim: int) -> int:
   """`axis` as a non-negative index (one compiled kernel for -1 and ndim - 1)."""
   if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
     raise ValueError(f"axis must be an integer in [{-ndim}, {ndim}), got {axis!r}")
   return int(axis) % ndim
-
-
-def _check_class_axis(logits: jax.Array) -> int:
-  """The number of classes (last axis of `logits`), which must exist and be non-empty."""
-  if logits.ndim < 1 or logits.shape[-1] < 1:
-    raise ValueError(
-        f"logits must have a non-empty class axis (the last one), got shape {logits.shape}"
-    )
-  return logits.shape[-1]
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -133,7 +128,7 @@ def stablemax(logits: jax.Array, axis: int = -1) -> jax.Array:
     Non-negative probabilities summing to 1 along `axis`, in the dtype of `logits` (computed in at
     least float32).
   """
-  logits = _float_array(logits, "logits")
+  logits = float_array(logits, "logits")
   return _stablemax_kernel(logits, _check_axis(axis, logits.ndim))
 
 
@@ -163,7 +158,7 @@ def log_stablemax(logits: jax.Array, axis: int = -1) -> jax.Array:
   Returns:
     Log-probabilities in the dtype of `logits` (computed in at least float32).
   """
-  logits = _float_array(logits, "logits")
+  logits = float_array(logits, "logits")
   return _log_stablemax_kernel(logits, _check_axis(axis, logits.ndim))
 
 
@@ -173,38 +168,14 @@ def _log_stablemax_kernel(logits: jax.Array, axis: int) -> jax.Array:
   return _log_softmax_log1p(_log_s(x), axis).astype(logits.dtype)
 
 
-def _check_integer_labels(labels, logits: jax.Array) -> jax.Array:
-  """Checks dtype and shape always, and the range [0, num_classes) when labels are concrete."""
-  num_classes = _check_class_axis(logits)
-  if not isinstance(labels, jax.core.Tracer) and not hasattr(labels, "dtype"):
-    labels = np.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
-  if labels.shape != logits.shape[:-1]:
-    raise ValueError(
-        f"labels must have shape logits.shape[:-1] = {logits.shape[:-1]}, got {labels.shape}"
-    )
-  if not isinstance(labels, jax.core.Tracer) and labels.size:
-    values = np.asarray(labels)
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or high >= num_classes:
-      raise ValueError(
-          f"labels must be in [0, {num_classes}) (the size of the class axis of logits), "
-          f"got values in [{low}, {high}]"
-      )
-  return jnp.asarray(labels)
-
-
-def _nan_unless(valid: jax.Array, dtype) -> jax.Array:
-  """1 where `valid`, NaN elsewhere: multiplying by it makes a loss and its gradient NaN."""
-  return jnp.where(valid, jnp.ones((), dtype), jnp.full((), jnp.nan, dtype))
-
-
-def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example StableMax cross-entropy with integer labels, -log StableMax(logits)_label.
+def stablemax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, *, weights: jax.Array | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+  """StableMax cross-entropy with integer labels, -log StableMax(logits)_label per example.
 
   The counterpart of `optax.losses.softmax_cross_entropy_with_integer_labels`; the class axis is
-  the last one. Average the result for the paper's (mean-reduced) loss.
+  the last one. `reduction="mean"` gives the paper's (mean-reduced) loss.
 
   Label range: concrete labels outside [0, num_classes) raise a ValueError. Under `jit`/`vmap`
   the labels are traced and cannot be inspected, so an out-of-range (or negative) label makes
@@ -213,50 +184,42 @@ def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   Args:
     logits: floating-point array of shape (..., num_classes).
     labels: integer array of shape (...), values in [0, num_classes).
+    weights: optional per-example weights or boolean mask of shape (...), finite and >= 0.
+    reduction: "none" (per-example losses, times the weights), "sum" or "mean" (the weighted
+      mean sum(w * loss) / sum(w)); see `jaxlearn.losses._common.reduce_loss`.
 
   Returns:
-    Losses of shape (...), in the dtype of `logits` (computed in at least float32).
+    Losses of shape (...) for "none", else a scalar; in the dtype of `logits` (computed in at
+    least float32).
 
   Raises:
-    ValueError: for non-float logits, non-integer labels, mismatched shapes, or concrete labels
-      out of range.
+    ValueError: for non-float logits, non-integer labels, mismatched shapes, concrete labels out
+      of range, invalid concrete weights or an unknown reduction.
   """
-  logits = _float_array(logits, "logits")
-  return _cross_entropy_kernel(logits, _check_integer_labels(labels, logits))
+  logits = float_array(logits, "logits")
+  labels = check_labels(labels, logits)
+  weights = check_weights(weights, logits.shape[:-1])
+  return _cross_entropy_kernel(logits, labels, weights, check_reduction(reduction))
 
 
-@jax.jit
-def _cross_entropy_kernel(logits: jax.Array, labels: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="reduction")
+def _cross_entropy_kernel(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None, reduction: str
+) -> jax.Array:
   compute = _compute_dtype(logits.dtype)
   log_probs = _log_stablemax_kernel(logits.astype(compute), logits.ndim - 1)
-  valid = (labels >= 0) & (labels < logits.shape[-1])
+  valid = label_validity(labels, logits.shape[-1])
   safe_labels = jnp.where(valid, labels, 0)
   picked = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
-  return (-picked * _nan_unless(valid, compute)).astype(logits.dtype)
+  losses = -picked * nan_unless(valid, compute)
+  return reduce_loss(losses, weights, reduction).astype(logits.dtype)
 
 
-def _probability_tolerance(num_classes: int, dtype) -> float:
-  """How far a row of targets may sum from 1: rounding of `num_classes` entries in `dtype`."""
-  eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else 0.0
-  return max(1e-4, num_classes * eps)
-
-
-def _check_probabilities(targets: np.ndarray, tolerance: float) -> None:
-  """Raises unless every row of concrete `targets` is a probability distribution."""
-  if not targets.size:
-    return
-  row_sums = targets.sum(axis=-1)
-  if not (np.all(targets >= 0) and np.all(np.abs(row_sums - 1) <= tolerance)):
-    raise ValueError(
-        "targets must be probability distributions along the last axis (entries in [0, 1], "
-        f"rows summing to 1 within {tolerance:g}); got entries in "
-        f"[{targets.min():g}, {targets.max():g}] and row sums in "
-        f"[{row_sums.min():g}, {row_sums.max():g}]"
-    )
-
-
-def stablemax_cross_entropy_with_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Per-example StableMax cross-entropy with probability targets, -sum_i t_i log StableMax_i.
+def stablemax_cross_entropy_with_probs(
+    logits: jax.Array, targets: jax.Array, *, weights: jax.Array | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+  """StableMax cross-entropy with probability targets, -sum_i t_i log StableMax_i per example.
 
   For one-hot, label-smoothed or soft targets; the counterpart of
   `optax.losses.softmax_cross_entropy`. With one-hot targets it equals `stablemax_cross_entropy`.
@@ -268,39 +231,38 @@ def stablemax_cross_entropy_with_probs(logits: jax.Array, targets: jax.Array) ->
   Args:
     logits: floating-point array of shape (..., num_classes).
     targets: array of the same shape, each row a probability distribution.
+    weights: optional per-example weights or boolean mask of shape (...), finite and >= 0.
+    reduction: "none" (per-example losses, times the weights), "sum" or "mean" (the weighted
+      mean sum(w * loss) / sum(w)); see `jaxlearn.losses._common.reduce_loss`.
 
   Returns:
-    Losses of shape (...), in the dtype of `logits` (computed in at least float32).
+    Losses of shape (...) for "none", else a scalar; in the dtype of `logits` (computed in at
+    least float32).
 
   Raises:
-    ValueError: for non-float logits, mismatched shapes, or concrete targets that are not
-      probability distributions.
+    ValueError: for non-float logits, mismatched shapes, concrete targets that are not
+      probability distributions, invalid concrete weights or an unknown reduction.
   """
-  logits = _float_array(logits, "logits")
-  num_classes = _check_class_axis(logits)
-  if not isinstance(targets, jax.core.Tracer) and not hasattr(targets, "dtype"):
-    targets = np.asarray(targets)
-  if targets.shape != logits.shape:
-    raise ValueError(
-        f"targets must have the shape of logits {logits.shape}, got {targets.shape}"
-    )
-  tolerance = _probability_tolerance(num_classes, targets.dtype)
-  if not isinstance(targets, jax.core.Tracer):
-    _check_probabilities(np.asarray(targets, np.float64), tolerance)
-  return _cross_entropy_probs_kernel(logits, jnp.asarray(targets), tolerance)
+  logits = float_array(logits, "logits")
+  targets, tolerance = check_targets(targets, logits)
+  weights = check_weights(weights, logits.shape[:-1])
+  return _cross_entropy_probs_kernel(
+      logits, targets, weights, tolerance, check_reduction(reduction)
+  )
 
 
-@functools.partial(jax.jit, static_argnames="tolerance")
+@functools.partial(jax.jit, static_argnames=("tolerance", "reduction"))
 def _cross_entropy_probs_kernel(
-    logits: jax.Array, targets: jax.Array, tolerance: float
+    logits: jax.Array, targets: jax.Array, weights: jax.Array | None, tolerance: float,
+    reduction: str,
 ) -> jax.Array:
   compute = _compute_dtype(logits.dtype)
   t = targets.astype(compute)
-  valid = jnp.all(t >= 0, axis=-1) & (jnp.abs(jnp.sum(t, axis=-1) - 1) <= tolerance)
+  valid = target_validity(t, tolerance)
   log_probs = _log_stablemax_kernel(logits.astype(compute), logits.ndim - 1)
   # t * log p with t = 0 and log p = -inf cannot occur: log p is finite for finite logits.
-  losses = -jnp.sum(t * log_probs, axis=-1)
-  return (losses * _nan_unless(valid, compute)).astype(logits.dtype)
+  losses = -jnp.sum(t * log_probs, axis=-1) * nan_unless(valid, compute)
+  return reduce_loss(losses, weights, reduction).astype(logits.dtype)
 
 
 def zero_gradient_fraction(loss_fn: LossFn, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -320,8 +282,8 @@ def zero_gradient_fraction(loss_fn: LossFn, logits: jax.Array, labels: jax.Array
   Returns:
     A float32 scalar in [0, 1].
   """
-  logits = _float_array(logits, "logits")
-  _check_class_axis(logits)
+  logits = float_array(logits, "logits")
+  check_class_axis(logits)
   losses = jax.eval_shape(loss_fn, logits, labels)
   if losses.shape != logits.shape[:-1]:
     raise ValueError(
@@ -352,8 +314,8 @@ def softmax_collapse_fraction(logits: jax.Array) -> jax.Array:
   Returns:
     A float32 scalar in [0, 1].
   """
-  logits = _float_array(logits, "logits")
-  _check_class_axis(logits)
+  logits = float_array(logits, "logits")
+  check_class_axis(logits)
   return _softmax_collapse_kernel(logits)
 
 

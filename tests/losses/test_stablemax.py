@@ -186,10 +186,7 @@ def test_nan_logits_propagate():
         (lambda: stablemax(jnp.ones((2, 3), jnp.int32)), "logits must be a floating-point"),
         (lambda: stablemax(jnp.ones((2, 3)), axis=2), r"axis must be an integer in \[-2, 2\)"),
         (lambda: log_stablemax(jnp.ones((2, 3)), axis=-3), "axis"),
-        (lambda: stablemax_cross_entropy(jnp.ones((2, 3)), jnp.array([0.0, 1.0])), "integer"),
         (lambda: stablemax_cross_entropy(jnp.ones((2, 0)), jnp.array([0, 0])), "class axis"),
-        (lambda: stablemax_cross_entropy_with_probs(jnp.ones((1, 2)), jnp.array([[0.7, 0.7]])),
-         "targets must be probability distributions"),
     ],
 )
 def test_bad_arguments_raise(call, match):
