@@ -19,7 +19,7 @@ Each process:
 
 `--cpu-devices N` splits the CPU into N devices (`jax_num_cpu_devices`): a simulated
 accelerator for trying the multi-device path without one. This module imports jax only after
-parsing the flags, so that `jaxlearn sweep --help` stays fast.
+parsing the flags, so that `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -33,41 +33,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from jaxlearn._commands import add_sweep_arguments, experiment_names
+
 ENV_PREFIX = "JAXLEARN_"
-
-
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-  """The options of `jaxlearn sweep` and `python -m jaxlearn.launch sweep`."""
-  parser.add_argument(
-      "optimizer", help="registered optimizer (slug, alias or dotted path) or an optax name"
-  )
-  parser.add_argument(
-      "--param", action="append", default=[], metavar="NAME=VALUES",
-      help="a swept hyperparameter: learning_rate=1e-3,1e-2 or "
-      "learning_rate=logspace:1e-4:1e-1:7; with --random: learning_rate=loguniform:1e-4:1e-1, "
-      "b1=uniform:0.8:0.99 (a list is then a set of choices)",
-  )
-  parser.add_argument("--random", type=int, metavar="N", help="random search: N configurations")
-  parser.add_argument(
-      "--fixed", action="append", default=[], metavar="NAME=VALUE",
-      help="a hyperparameter held fixed, e.g. weight_decay=1e-4 or nesterov=true",
-  )
-  parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-  parser.add_argument("--steps", type=int, default=500, help="training steps (default: 500)")
-  parser.add_argument("--batch-size", type=int, default=64, help="minibatch size (default: 64)")
-  parser.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
-  parser.add_argument("--data", default="digits", help="dataset: digits (default) or mnist1d")
-  parser.add_argument("--hidden", default="64", help="MLP hidden widths, comma-separated")
-  parser.add_argument(
-      "--chunk-size", default="auto",
-      help="configurations per compiled program: a number, 'auto' (fit device memory) or 'all'",
-  )
-  parser.add_argument(
-      "--metric", default="test_accuracy", help="metric of the plot and the best row"
-  )
-  parser.add_argument("--out", type=Path, default=Path("results"), help="output directory")
-  parser.add_argument("--name", help="output file stem (default: sweep_<optimizer>)")
-  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,11 +99,9 @@ def _run_experiment(args, mesh) -> None:
 
   import jax
 
-  from jaxlearn import cli
-
-  if args.experiment not in cli.experiment_names():
+  if args.experiment not in experiment_names():
     raise ValueError(
-        f"unknown experiment {args.experiment!r}; available: {', '.join(cli.experiment_names())}"
+        f"unknown experiment {args.experiment!r}; available: {', '.join(experiment_names())}"
     )
   module = importlib.import_module(f"jaxlearn.experiments.{args.experiment}")
   ambient = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()

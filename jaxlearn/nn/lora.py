@@ -139,11 +139,11 @@ RECORD = registry.record(
     notes=(
         "INCOMPLETE: only the scaling-free, dropout-free LoRA adapter ALLoRA trains "
         "(lora_delta with scaling=1, shared with SoRA) is implemented. The ALLoRA update rule "
-        "itself is NOT implemented: the stored sources give only the abstract (gradients "
-        "scaled by a coefficient inversely proportional to the parameters' l2 norm); the norm "
-        "granularity (per tensor / per row), the stabilizing constant that keeps the "
-        "coefficient finite at B = 0, and the defaults could not be read (no paper body or "
-        "official code reachable), so no transform, battery row or experiment was written "
-        "rather than guessing the rule."
+        "itself is NOT implemented: only the abstract could be checked (gradients scaled by a "
+        "coefficient inversely proportional to the parameters' l2 norm); the norm granularity "
+        "(per tensor / per row), the stabilizing constant that keeps the coefficient finite at "
+        "B = 0, and the defaults could not be established (neither the paper body nor official "
+        "code could be checked), so no transform, battery row or experiment was written rather "
+        "than guessing the rule."
     ),
 )

@@ -3,10 +3,10 @@
 One line per method module: `from jaxlearn.optim.<module> import <public names>`.
 """
 
-from jaxlearn.optim._common import decayed_weights, inject_hyperparams
+from jaxlearn.optim._common import compute_in_float32, decayed_weights, inject_hyperparams, soft_threshold, soft_threshold_leaf
 from jaxlearn.optim.extra_args import EXTRA_ARG_NAMES, extra_update_args, margins_from_losses
 from jaxlearn.optim.adamp import ScaleByAdamPState, ScaleBySGDPState, adamp, project_scale_invariant, scale_by_adamp, scale_by_sgdp, sgdp
-from jaxlearn.optim.lion import compute_in_float32, lion, scale_by_lion
+from jaxlearn.optim.lion import lion, scale_by_lion
 from jaxlearn.optim.gradient_noise import add_gradient_noise
 from jaxlearn.optim.novograd import ScaleByNovogradState, novograd, scale_by_novograd
 from jaxlearn.optim.agc import adaptive_grad_clip
@@ -26,7 +26,7 @@ from jaxlearn.optim.ranger21 import ranger21, ranger21_schedule
 from jaxlearn.optim.orthograd import orthogonalize_gradients, orthogonalize_leaf
 from jaxlearn.optim.anchor import DecayToAnchorState, anchor_penalty, decay_to_anchor, fisher_diagonal, set_anchor
 from jaxlearn.optim.hft import HalfFineTuningState, half_fine_tuning
-from jaxlearn.optim.sora import soft_threshold, soft_threshold_leaf, sora
+from jaxlearn.optim.sora import sora
 
 __all__ = [
     "decayed_weights",

@@ -1,8 +1,13 @@
-"""Pieces every jaxlearn optimizer alias shares: weight decay with a mask, the learning-rate step,
-and the guard against optax's inject_hyperparams-mask trap.
+"""What jaxlearn's optimizers share; method modules import it from here, not from each other.
 
-An alias is always `chain(scale_by_<name>(...), decayed_weights(...), scale_by_learning_rate(lr))`,
-so weight decay is multiplied by the learning rate (the PyTorch/AdamW convention, also optax's).
+- The alias: `chain(scale_by_<name>(...), decayed_weights(...), scale_by_learning_rate(lr))`, so
+  weight decay is multiplied by the learning rate (the PyTorch/AdamW convention, also optax's), and
+  the guard against optax's inject_hyperparams-mask trap.
+- The dtype policy: state in float32 or wider (`wide_dtype`, `state_zeros`), updates returned in
+  each gradient's dtype; `compute_in_float32` gives any optax transform that policy.
+- Moments: exponential moving averages and their bias corrections.
+- Checks every transform that reads the weights needs (`require_params`, masks, channel axes).
+- Weight decay in two forms: decoupled L2 (`decayed_weights`) and proximal L1 (`soft_threshold`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import inspect
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -19,6 +25,9 @@ from jaxlearn import _checks
 __all__ = [
     "decayed_weights",
     "inject_hyperparams",
+    "compute_in_float32",
+    "soft_threshold",
+    "soft_threshold_leaf",
 ]
 
 MaskOrFn = Any  # a pytree (or pytree prefix) of bools, or a callable params -> such a pytree
@@ -100,3 +109,190 @@ def inject_hyperparams(
   return optax.inject_hyperparams(
       factory, static_args=tuple(static_args) + always_static, hyperparam_dtype=hyperparam_dtype
   )
+
+
+# ---------------------------------------------------------------------------------------------
+# The dtype policy: state in float32 or wider, updates in the gradient's dtype.
+
+
+def wide_dtype(dtype: Any) -> Any:
+  """`dtype` promoted to at least float32 (float16/bfloat16 -> float32; float64, complex kept)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _at_least_float32(dtype: Any) -> Any:
+  """float16/bfloat16 -> float32; wider floats, complex and non-float dtypes are kept."""
+  if not jnp.issubdtype(dtype, jnp.inexact):
+    return dtype
+  return wide_dtype(dtype)
+
+
+def _upcast(x: Any) -> Any:
+  """`x` in float32 or wider; abstract `jax.ShapeDtypeStruct` leaves stay abstract."""
+  dtype = _at_least_float32(x.dtype)
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+  return jnp.asarray(x).astype(dtype)
+
+
+def compute_in_float32(
+    inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  """Runs `inner` in float32 (or wider) and returns its updates in each gradient's dtype.
+
+  `init` sees the parameters upcast to at least float32, so state that optax sizes "like the
+  parameters" is float32 for bfloat16/float16 parameters; `update` sees upcast gradients and
+  parameters, so norms and other reductions run in float32; the updates it returns are cast back
+  to the dtype of the incoming gradients (float64 and complex leaves are left as they are). This
+  also removes a dtype hazard of optax transforms under `optax.inject_hyperparams`: injected
+  hyperparameters are float32 arrays, which promote bfloat16 updates to float32 (or, in
+  `optax.clip_by_global_norm`, make `lax.select` fail).
+
+  Args:
+    inner: any optax gradient transformation; extra keyword arguments of `update` are forwarded
+      when it accepts them and dropped otherwise.
+
+  Returns:
+    A `GradientTransformationExtraArgs` with the same state as `inner`.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return inner.init(jax.tree.map(_upcast, params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    wide_params = None if params is None else jax.tree.map(_upcast, params)
+    new_updates, state = inner.update(
+        jax.tree.map(_upcast, updates), state, wide_params, **extra_args
+    )
+    new_updates = jax.tree.map(lambda new, old: new.astype(old.dtype), new_updates, updates)
+    return new_updates, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def state_zeros(params: optax.Params, dtype: Any = None) -> optax.Updates:
+  """Zeros like `params`, in `dtype` or else float32 or wider, so low-precision moments do not
+  underflow."""
+  return jax.tree.map(
+      lambda p: optax.tree.zeros_like(p, dtype=dtype or wide_dtype(p.dtype)), params
+  )
+
+
+# ---------------------------------------------------------------------------------------------
+# Moments: exponential moving averages started at zero, and their bias corrections.
+
+
+def update_moment(
+    updates: optax.Updates, moments: optax.Updates, decay, order: int = 1
+) -> optax.Updates:
+  """`decay * m + (1 - decay) * g**order` for every leaf (order 1 or 2), in the moment's dtype.
+
+  The gradient is cast to the moment's dtype (float32 or wider) before any arithmetic, so a
+  bfloat16 gradient is squared and scaled in float32.
+  """
+  if order not in (1, 2):
+    raise ValueError(f"order must be 1 or 2, got {order!r}")
+
+  def leaf(g, m):
+    g = g.astype(m.dtype)
+    if order == 2:
+      g = jnp.square(g)
+    return (decay * m + (1.0 - decay) * g).astype(m.dtype)
+
+  return jax.tree.map(leaf, updates, moments)
+
+
+def bias_correction(decay, count) -> jax.Array:
+  """`1 - decay**count`: the weight an EMA started at zero has given the data after `count` steps.
+
+  `count` is used as given (the int32 step count, or that count as a float).
+  """
+  return 1 - decay**count
+
+
+def folded_bias_correction(b1, b2, count) -> jax.Array:
+  """`sqrt(1 - b2**count) / (1 - b1**count)`: Adam's two bias corrections folded into the step
+  size, for `m / (sqrt(v) + eps)` (PyTorch's Adam and Hugging Face's AdamW fold them this way)."""
+  return jnp.sqrt(bias_correction(b2, count)) / bias_correction(b1, count)
+
+
+def debias(moments: optax.Updates, decay, count) -> optax.Updates:
+  """The bias-corrected moments `m / (1 - decay**count)`."""
+  correction = bias_correction(decay, count)
+  return jax.tree.map(lambda m: m / correction, moments)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and helpers of transforms that read the weights.
+
+
+def require_params(params: optax.Params | None, name: str, why: str = "") -> None:
+  """Raises a ValueError naming `name` when `update` was called without `params`."""
+  if params is None:
+    reason = f" ({why})" if why else ""
+    raise ValueError(f"{name} needs params: call update(updates, state, params){reason}.")
+
+
+def decay_flags(mask: MaskOrFn | None, params: optax.Params) -> Any:
+  """A tree like `params` of Python bools: whether each leaf is weight-decayed."""
+  if mask is None:
+    return jax.tree.map(lambda _: True, params)
+  mask_tree = mask(params) if callable(mask) else mask
+  # The mask may be a prefix of params: broadcast each flag over its subtree.
+  return jax.tree.map(
+      lambda flag, subtree: jax.tree.map(lambda _: bool(flag), subtree), mask_tree, params
+  )
+
+
+def check_channel_axis(channel_axis) -> None:
+  """Raises unless `channel_axis` is a Python int (a traced value cannot pick an axis)."""
+  if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
+    raise ValueError(f"channel_axis must be an int, got {channel_axis!r}")
+
+
+def unit_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
+  """The axes a per-unit reduction runs over: every axis but the output-unit axis."""
+  axis = channel_axis % ndim
+  return tuple(a for a in range(ndim) if a != axis)
+
+
+# ---------------------------------------------------------------------------------------------
+# Proximal L1: the soft-thresholding counterpart of decoupled weight decay.
+
+
+def soft_threshold_leaf(x: jax.Array, threshold) -> jax.Array:
+  """sign(x) · max(|x| − threshold, 0), the proximal operator of threshold · ‖x‖₁."""
+  return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
+
+
+def soft_threshold(
+    threshold: float, *, mask: MaskOrFn | None = None
+) -> optax.GradientTransformationExtraArgs:
+  """Proximal L1 step: turns the update u into prox_threshold(θ + u) − θ (SoRA, arXiv:2311.11696).
+
+  Args:
+    threshold: λ >= 0, applied as is at every step (not multiplied by a learning rate).
+    mask: a pytree of bools (or a callable params -> one) choosing the leaves to sparsify (SoRA:
+      the gates); None: every leaf.
+
+  Returns:
+    A stateless `optax.GradientTransformationExtraArgs` whose `update` requires `params`; use it
+    last in a chain, after the learning-rate step.
+  """
+  _checks.check_non_negative("threshold", threshold)
+  check_mask(mask, "mask")
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    require_params(params, "soft_threshold")
+
+    def prox_update(u, p):
+      dtype = wide_dtype(jnp.promote_types(u.dtype, p.dtype))
+      new = p.astype(dtype) + u.astype(dtype)
+      return (soft_threshold_leaf(new, threshold) - p.astype(dtype)).astype(u.dtype)
+
+    return jax.tree.map(prox_update, updates, params), state
+
+  transform = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+  return transform if mask is None else optax.masked(transform, mask)

@@ -1,4 +1,4 @@
-"""AdamP and SGDP: momentum optimizers that do not inflate the norm of scale-invariant weights.
+r"""AdamP and SGDP: momentum optimizers that do not inflate the norm of scale-invariant weights.
 
 Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights",
 ICLR 2021, arXiv:2006.08217; official code: https://github.com/clovaai/AdamP.
@@ -11,8 +11,8 @@ weight) and remove the radial component from the update:
 
 .. math::
 
-  \\Pi_w(p) = p - \\hat w \\langle \\hat w, p \\rangle, \\qquad
-  \\hat w = w / (\\lVert w \\rVert + \\varepsilon).
+  \Pi_w(p) = p - \hat w \langle \hat w, p \rangle, \qquad
+  \hat w = w / (\lVert w \rVert + \varepsilon).
 
 Detection, for every leaf with ndim > 1, first per output channel, then over the whole leaf: with
 the channel view (one slice per output channel, `d = leaf.size / num_channels` elements each) the
@@ -20,8 +20,8 @@ leaf is scale-invariant when
 
 .. math::
 
-  \\max_c \\frac{|\\langle g_c, w_c \\rangle|}{\\max(\\lVert g_c \\rVert, \\varepsilon)\\,
-  \\max(\\lVert w_c \\rVert, \\varepsilon)} < \\frac{\\delta}{\\sqrt{d}},
+  \max_c \frac{|\langle g_c, w_c \rangle|}{\max(\lVert g_c \rVert, \varepsilon)\,
+  \max(\lVert w_c \rVert, \varepsilon)} < \frac{\delta}{\sqrt{d}},
 
 and then `p` is projected slice by slice; otherwise the same test on the whole leaf
 (`d = leaf.size`) projects `p` as one vector. Leaves with ndim <= 1 (biases, norm scales) are never
@@ -62,10 +62,7 @@ __all__ = [
     "project_scale_invariant",
 ]
 
-_NO_PARAMS = (
-    "{name} needs the current parameters: call update(updates, state, params) "
-    "(the projection and the weight decay both read them)."
-)
+_NEEDS_PARAMS = "the projection and the weight decay both read them"
 
 
 class ScaleByAdamPState(NamedTuple):
@@ -90,13 +87,6 @@ class ScaleBySGDPState(NamedTuple):
   """
 
   momentum: optax.Updates
-
-
-def _state_zeros(params: optax.Params) -> optax.Updates:
-  """Zeros like `params`, in float32 at least so that low-precision moments do not underflow."""
-  return jax.tree.map(
-      lambda p: optax.tree.zeros_like(p, dtype=jnp.promote_types(p.dtype, jnp.float32)), params
-  )
 
 
 def _abs_cosine(dot, g_sq, w_sq, eps):
@@ -135,7 +125,7 @@ def project_scale_invariant(
     tried first; the whole-leaf view only if the channel view does not detect invariance.
   """
   axis = channel_axis % param.ndim
-  per_channel = tuple(a for a in range(param.ndim) if a != axis)
+  per_channel = _common.unit_axes(param.ndim, channel_axis)
   channel_size = param.size // param.shape[axis]
   sums = [jnp.sum(a * b, axis=per_channel, keepdims=True)
           for a, b in ((grad, param), (grad, grad), (param, param), (param, direction))]
@@ -149,17 +139,6 @@ def project_scale_invariant(
   layer_radial = layer_w_dot_p / jnp.square(jnp.sqrt(layer_w_sq) + eps)
   radial = jnp.where(by_channel, channel_radial, jnp.where(by_layer, layer_radial, 0.0))
   return direction - param * radial, by_channel | by_layer
-
-
-def _decay_flags(mask: _common.MaskOrFn | None, params: optax.Params) -> Any:
-  """A tree like `params` of Python bools: whether each leaf is weight-decayed."""
-  if mask is None:
-    return jax.tree.map(lambda _: True, params)
-  mask_tree = mask(params) if callable(mask) else mask
-  # The mask may be a prefix of params: broadcast each flag over its subtree.
-  return jax.tree.map(
-      lambda flag, subtree: jax.tree.map(lambda _: bool(flag), subtree), mask_tree, params
-  )
 
 
 def _check_channel_axis(channel_axis: Any) -> int:
@@ -224,15 +203,15 @@ def scale_by_adamp(
     weight_decay_mask: _common.MaskOrFn | None = None,
     channel_axis: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """The AdamP direction, projected on scale-invariant leaves, plus its own weight-decay term.
+  r"""The AdamP direction, projected on scale-invariant leaves, plus its own weight-decay term.
 
   .. math::
 
-    m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
-    v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2 \\\\
-    p_t &= \\tilde m_t / (\\sqrt{v_t / (1 - \\beta_2^t)} + \\varepsilon), \\qquad
-    \\tilde m_t = m_t \\text{ or, with nesterov, } \\beta_1 m_t + (1 - \\beta_1) g_t \\\\
-    u_t &= q_t / (1 - \\beta_1^t) + \\lambda\\, r_t\\, w_t
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+    p_t &= \tilde m_t / (\sqrt{v_t / (1 - \beta_2^t)} + \varepsilon), \qquad
+    \tilde m_t = m_t \text{ or, with nesterov, } \beta_1 m_t + (1 - \beta_1) g_t \\
+    u_t &= q_t / (1 - \beta_1^t) + \lambda\, r_t\, w_t
 
   where `q_t = Π(p_t)` and `r_t = wd_ratio` on a leaf detected as scale-invariant (see the module
   docstring), `q_t = p_t` and `r_t = 1` otherwise, and λ is `weight_decay` (0 on leaves that
@@ -269,24 +248,20 @@ def scale_by_adamp(
 
   def init_fn(params):
     return ScaleByAdamPState(
-        count=jnp.zeros([], jnp.int32), mu=_state_zeros(params), nu=_state_zeros(params)
+        count=jnp.zeros([], jnp.int32),
+        mu=_common.state_zeros(params),
+        nu=_common.state_zeros(params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(_NO_PARAMS.format(name="scale_by_adamp"))
+    _common.require_params(params, "scale_by_adamp", _NEEDS_PARAMS)
     count = optax.safe_increment(state.count)
     step = count.astype(jnp.float32)
-    correction1, correction2 = 1.0 - b1**step, 1.0 - b2**step
-    mu = jax.tree.map(
-        lambda g, m: (b1 * m + (1.0 - b1) * g.astype(m.dtype)).astype(m.dtype), updates, state.mu
-    )
-    nu = jax.tree.map(
-        lambda g, v: (b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype))).astype(v.dtype),
-        updates,
-        state.nu,
-    )
+    correction1 = _common.bias_correction(b1, step)
+    correction2 = _common.bias_correction(b2, step)
+    mu = _common.update_moment(updates, state.mu, b1)
+    nu = _common.update_moment(updates, state.nu, b2, order=2)
 
     def direction(g, m, v):
       first = b1 * m + (1.0 - b1) * g.astype(m.dtype) if nesterov else m
@@ -298,7 +273,7 @@ def scale_by_adamp(
     # the decay term is not bias-corrected (the official code applies it with the bare lr).
     directions = jax.tree.map(lambda d: d / correction1, directions)
     out = _project_and_decay(
-        updates, params, directions, _decay_flags(weight_decay_mask, params), delta=delta,
+        updates, params, directions, _common.decay_flags(weight_decay_mask, params), delta=delta,
         eps=eps, wd_ratio=wd_ratio, decay=weight_decay, channel_axis=channel_axis,
     )
     return out, ScaleByAdamPState(count=count, mu=mu, nu=nu)
@@ -318,13 +293,13 @@ def scale_by_sgdp(
     weight_decay_mask: _common.MaskOrFn | None = None,
     channel_axis: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """The SGDP direction, projected on scale-invariant leaves, plus its own weight-decay term.
+  r"""The SGDP direction, projected on scale-invariant leaves, plus its own weight-decay term.
 
   .. math::
 
-    b_t &= \\mu\\, b_{t-1} + (1 - \\tau)\\, g_t \\quad (b_0 = 0) \\\\
-    p_t &= b_t \\text{ or, with nesterov, } g_t + \\mu\\, b_t \\\\
-    u_t &= q_t + \\frac{\\lambda\\, r_t}{1 - \\mu} w_t
+    b_t &= \mu\, b_{t-1} + (1 - \tau)\, g_t \quad (b_0 = 0) \\
+    p_t &= b_t \text{ or, with nesterov, } g_t + \mu\, b_t \\
+    u_t &= q_t + \frac{\lambda\, r_t}{1 - \mu} w_t
 
   with `q_t = Π(p_t)`, `r_t = wd_ratio` on a leaf detected as scale-invariant, `q_t = p_t`,
   `r_t = 1` otherwise (μ momentum, τ dampening, λ weight decay). The buffer `b_t` itself is never
@@ -358,12 +333,11 @@ def scale_by_sgdp(
   channel_axis = _check_channel_axis(channel_axis)
 
   def init_fn(params):
-    return ScaleBySGDPState(momentum=_state_zeros(params))
+    return ScaleBySGDPState(momentum=_common.state_zeros(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(_NO_PARAMS.format(name="scale_by_sgdp"))
+    _common.require_params(params, "scale_by_sgdp", _NEEDS_PARAMS)
     buffers = jax.tree.map(
         lambda g, b: (momentum * b + (1.0 - dampening) * g.astype(b.dtype)).astype(b.dtype),
         updates,
@@ -374,7 +348,7 @@ def scale_by_sgdp(
     else:
       directions = buffers
     out = _project_and_decay(
-        updates, params, directions, _decay_flags(weight_decay_mask, params), delta=delta,
+        updates, params, directions, _common.decay_flags(weight_decay_mask, params), delta=delta,
         eps=eps, wd_ratio=wd_ratio, decay=weight_decay / (1.0 - momentum),
         channel_axis=channel_axis,
     )

@@ -1,4 +1,4 @@
-"""Adaptive gradient clipping (AGC) of NFNets, registered from optax (`optax.adaptive_grad_clip`).
+r"""Adaptive gradient clipping (AGC) of NFNets, registered from optax (`optax.adaptive_grad_clip`).
 
 Brock, De, Smith, Simonyan, "High-Performance Large-Scale Image Recognition Without
 Normalization", ICML 2021, arXiv:2102.06171; official code: google-deepmind/deepmind-research
@@ -10,12 +10,12 @@ weight norm:
 
 .. math::
 
-  G_i \\leftarrow \\begin{cases}
-    \\lambda \\frac{\\lVert W_i \\rVert^\\star}{\\lVert G_i \\rVert} G_i
-      & \\text{if } \\frac{\\lVert G_i \\rVert}{\\lVert W_i \\rVert^\\star} > \\lambda \\\\
-    G_i & \\text{otherwise,}
-  \\end{cases}
-  \\qquad \\lVert W_i \\rVert^\\star = \\max(\\lVert W_i \\rVert, \\epsilon),\\ \\epsilon = 10^{-3}.
+  G_i \leftarrow \begin{cases}
+    \lambda \frac{\lVert W_i \rVert^\star}{\lVert G_i \rVert} G_i
+      & \text{if } \frac{\lVert G_i \rVert}{\lVert W_i \rVert^\star} > \lambda \\
+    G_i & \text{otherwise,}
+  \end{cases}
+  \qquad \lVert W_i \rVert^\star = \max(\lVert W_i \rVert, \epsilon),\ \epsilon = 10^{-3}.
 
 Units, by kernel rank (Flax layout, output units on the last axis), as in the official code and
 in optax: vectors and scalars (biases, gains) are one unit; Dense `(in, out)` kernels reduce over
@@ -44,7 +44,7 @@ import optax
 
 from jaxlearn import registry
 from jaxlearn import _checks
-from jaxlearn.optim.lion import compute_in_float32
+from jaxlearn.optim import _common
 
 __all__ = [
     "adaptive_grad_clip",
@@ -84,12 +84,11 @@ def adaptive_grad_clip(
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("adaptive_grad_clip needs the parameters: call update(updates, state, params)")
+    _common.require_params(params, "adaptive_grad_clip")
     clip = lambda g, w: _clip_unitwise(g, w, clipping, eps, _unit_axes(w, axis))
     return jax.tree.map(clip, updates, params), state
 
-  return compute_in_float32(optax.GradientTransformation(init_fn, update_fn))
+  return _common.compute_in_float32(optax.GradientTransformation(init_fn, update_fn))
 
 
 def _unit_axes(w: jax.Array, axis: Any) -> Any:

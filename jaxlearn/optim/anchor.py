@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 PyTree = Any
-_NO_PARAMS = "decay_to_anchor needs params: call update(updates, state, params)."
 
 
 class DecayToAnchorState(NamedTuple):
@@ -55,7 +54,7 @@ class DecayToAnchorState(NamedTuple):
 
 
 def _wide(x):
-  return jnp.asarray(x, jnp.promote_types(jnp.asarray(x).dtype, jnp.float32))
+  return jnp.asarray(x, _common.wide_dtype(jnp.asarray(x).dtype))
 
 
 def decay_to_anchor(
@@ -96,8 +95,7 @@ def decay_to_anchor(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(_NO_PARAMS)
+    _common.require_params(params, "decay_to_anchor")
     trees = (updates, params, state.anchor)
     if weighted:
       trees += (state.anchor_importance,)
@@ -180,8 +178,8 @@ RECORD = registry.record(
     notes=(
         "Penalty (lambda/2) sum F (theta - theta*)^2 added as its gradient (coupled form; "
         "decoupled if placed after the base scaling). The paper's exact normalization (lambda "
-        "vs lambda/2), its lambda values and Fisher estimator were not read; fisher_diagonal "
-        "is the empirical Fisher (observed labels), and the experiment sums the Fishers of "
-        "past tasks around one anchor (the previous task's weights)."
+        "vs lambda/2), its lambda values and Fisher estimator could not be established; "
+        "fisher_diagonal is the empirical Fisher (observed labels), and the experiment sums the "
+        "Fishers of past tasks around one anchor (the previous task's weights)."
     ),
 )

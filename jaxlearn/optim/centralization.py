@@ -1,4 +1,4 @@
-"""Gradient centralization and gradient normalization: stateless gradient preprocessing.
+r"""Gradient centralization and gradient normalization: stateless gradient preprocessing.
 
 Both are the first links of Ranger21's chain (Wright & Demeure, "Ranger21: a synergistic deep
 learning optimizer", arXiv:2106.13731; official code https://github.com/lessw2020/Ranger21) and are
@@ -10,7 +10,7 @@ Deep Neural Networks", ECCV 2020, arXiv:2004.01461) removes, for every output un
 
 .. math::
 
-  \\Phi_{GC}(g)_u = g_u - \\frac{1}{|u|} \\sum_{i \\in u} g_i .
+  \Phi_{GC}(g)_u = g_u - \frac{1}{|u|} \sum_{i \in u} g_i .
 
 Leaves with ndim <= 1 (biases, norm scales) are left unchanged, as in the paper and both reference
 codes.
@@ -25,8 +25,8 @@ Gradient normalization ("gradient standardization") divides a whole leaf by its 
 
 .. math::
 
-  \\Phi_{GN}(g) = \\frac{g}{\\operatorname{std}(g) + \\varepsilon},
-  \\qquad \\operatorname{std} \\text{ with Bessel's correction } (n - 1),
+  \Phi_{GN}(g) = \frac{g}{\operatorname{std}(g) + \varepsilon},
+  \qquad \operatorname{std} \text{ with Bessel's correction } (n - 1),
 
 for leaves with more than 2 elements (smaller leaves are left unchanged). It is not in the Ranger21
 paper: the official code added it afterwards (its README: "Softplus and Gradient Std were added
@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlearn import _checks
+from jaxlearn.optim import _common
 
 __all__ = [
     "centralize_gradients",
@@ -47,23 +48,12 @@ __all__ = [
 ]
 
 
-def _unit_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
-  """The axes a per-unit reduction runs over: every axis but the output-unit axis."""
-  axis = channel_axis % ndim
-  return tuple(a for a in range(ndim) if a != axis)
-
-
-def _check_channel_axis(channel_axis) -> None:
-  if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
-    raise ValueError(f"channel_axis must be an int, got {channel_axis!r}")
-
-
 def centralize_leaf(g: jax.Array, channel_axis: int = -1) -> jax.Array:
   """Gradient centralization of one leaf (ndim <= 1: returned unchanged)."""
   if g.ndim <= 1:
     return g
-  g32 = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-  mean = jnp.mean(g32, axis=_unit_axes(g.ndim, channel_axis), keepdims=True)
+  g32 = g.astype(_common.wide_dtype(g.dtype))
+  mean = jnp.mean(g32, axis=_common.unit_axes(g.ndim, channel_axis), keepdims=True)
   return (g32 - mean).astype(g.dtype)
 
 
@@ -71,7 +61,7 @@ def normalize_leaf(g: jax.Array, eps) -> jax.Array:
   """Gradient normalization of one leaf (2 elements or fewer: returned unchanged)."""
   if g.size <= 2:
     return g
-  g32 = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+  g32 = g.astype(_common.wide_dtype(g.dtype))
   return (g32 / (jnp.std(g32, ddof=1) + eps)).astype(g.dtype)
 
 
@@ -84,7 +74,7 @@ def centralize_gradients(*, channel_axis: int = -1) -> optax.GradientTransformat
   Returns:
     A stateless `optax.GradientTransformationExtraArgs`; updates keep their dtype.
   """
-  _check_channel_axis(channel_axis)
+  _common.check_channel_axis(channel_axis)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args

@@ -1,4 +1,4 @@
-"""Gradient-norm clipping and the vanishing-gradient regularizer Ω of Pascanu et al.
+r"""Gradient-norm clipping and the vanishing-gradient regularizer Ω of Pascanu et al.
 
 Pascanu, Mikolov, Bengio, "On the difficulty of training Recurrent Neural Networks", ICML 2013,
 arXiv:1211.5063; official code: https://github.com/pascanur/trainingRNNs (`RNN.py`).
@@ -8,8 +8,8 @@ norm reaches a threshold τ:
 
 .. math::
 
-  \\hat g \\leftarrow \\frac{\\tau}{\\lVert \\hat g \\rVert} \\hat g
-  \\quad \\text{if } \\lVert \\hat g \\rVert \\ge \\tau.
+  \hat g \leftarrow \frac{\tau}{\lVert \hat g \rVert} \hat g
+  \quad \text{if } \lVert \hat g \rVert \ge \tau.
 
 `optax.clip_by_global_norm` is exactly this with the global norm over all leaves (verified in
 `tests/optim/test_grad_norm_clipping.py`; `torch.nn.utils.clip_grad_norm_` differs slightly: it
@@ -22,10 +22,10 @@ float32 and a bfloat16 operand).
 
 .. math::
 
-  \\Omega = \\sum_k \\Omega_k = \\sum_k \\left(
-    \\frac{\\lVert \\frac{\\partial E}{\\partial x_{k+1}}
-    \\frac{\\partial x_{k+1}}{\\partial x_k} \\rVert}
-    {\\lVert \\frac{\\partial E}{\\partial x_{k+1}} \\rVert} - 1 \\right)^2,
+  \Omega = \sum_k \Omega_k = \sum_k \left(
+    \frac{\lVert \frac{\partial E}{\partial x_{k+1}}
+    \frac{\partial x_{k+1}}{\partial x_k} \rVert}
+    {\lVert \frac{\partial E}{\partial x_{k+1}} \rVert} - 1 \right)^2,
 
 which asks the Jacobians to preserve the norm of the back-propagated error. Its gradient is the
 paper's "immediate" partial derivative ∂⁺: x_k and ∂E/∂x_{k+1} are held constant, so only the
@@ -34,9 +34,9 @@ returns Ω with exactly that gradient (the states and error signals pass through
 `lax.stop_gradient`). With the paper's parametrisation x_k = W_rec σ(x_{k-1}) + W_in u_k + b the
 Jacobian is W_rec diag(σ'(x_{k-1})) and only W_rec receives gradient, as in the paper.
 
-The paper's text could not be read here: Eq. (9) is as the catalogue (catalogue_002b.md) quotes
-it (a ratio of norms); the official code was read, and it differs from that form in three ways,
-which `tests/optim/test_grad_norm_clipping.py` documents: it takes the ratio of SQUARED norms
+Eq. (9) is taken in the form it is usually quoted in, a ratio of norms; the paper's full text could
+not be checked. The official code differs from that form in three ways, which
+`tests/optim/test_grad_norm_clipping.py` documents: it takes the ratio of SQUARED norms
 (`squared=True` here reproduces it), averages Ω_k over the time steps instead of summing (rescale
 α by 1/T to match), and its states are the post-activations h_k = tanh(...), with h_k (and so
 tanh') held constant.
@@ -52,7 +52,7 @@ import optax
 
 from jaxlearn import registry
 from jaxlearn import _checks
-from jaxlearn.optim.lion import compute_in_float32
+from jaxlearn.optim import _common
 
 __all__ = [
     "clip_by_global_norm",
@@ -64,12 +64,12 @@ StepFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
-  """Rescales all updates by τ/‖g‖ when their global norm ‖g‖ is at least τ (Algorithm 1).
+  r"""Rescales all updates by τ/‖g‖ when their global norm ‖g‖ is at least τ (Algorithm 1).
 
   .. math::
 
-    g \\leftarrow g \\cdot \\min\\left(1, \\frac{\\tau}{\\lVert g \\rVert}\\right), \\qquad
-    \\lVert g \\rVert = \\sqrt{\\textstyle\\sum_{\\text{leaves}} \\sum_i g_i^2}.
+    g \leftarrow g \cdot \min\left(1, \frac{\tau}{\lVert g \rVert}\right), \qquad
+    \lVert g \rVert = \sqrt{\textstyle\sum_{\text{leaves}} \sum_i g_i^2}.
 
   Stateless. Chain it before the optimizer.
 
@@ -84,7 +84,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
     <https://arxiv.org/abs/1211.5063>`_, ICML 2013.
   """
   _checks.check_positive("max_norm", max_norm)
-  return compute_in_float32(optax.clip_by_global_norm(max_norm))
+  return _common.compute_in_float32(optax.clip_by_global_norm(max_norm))
 
 
 def rnn_state_gradients(
@@ -135,14 +135,14 @@ def vanishing_gradient_regularizer(
     squared: bool = False,
     min_grad_norm_sq: float = 1e-20,
 ) -> jax.Array:
-  """Pascanu et al.'s Ω (Eq. 9), with the paper's ∂⁺ gradient; add `α * Ω` to the loss.
+  r"""Pascanu et al.'s Ω (Eq. 9), with the paper's ∂⁺ gradient; add `α * Ω` to the loss.
 
   .. math::
 
-    \\Omega = \\sum_{k=0}^{T-1} \\operatorname{mean}_{batch}\\left(
-    \\frac{\\lVert \\delta_{k+1} J_{k+1} \\rVert}{\\lVert \\delta_{k+1} \\rVert} - 1\\right)^2,
-    \\quad \\delta_{k+1} = \\frac{\\partial E}{\\partial x_{k+1}},\\
-    J_{k+1} = \\frac{\\partial x_{k+1}}{\\partial x_k},
+    \Omega = \sum_{k=0}^{T-1} \operatorname{mean}_{batch}\left(
+    \frac{\lVert \delta_{k+1} J_{k+1} \rVert}{\lVert \delta_{k+1} \rVert} - 1\right)^2,
+    \quad \delta_{k+1} = \frac{\partial E}{\partial x_{k+1}},\
+    J_{k+1} = \frac{\partial x_{k+1}}{\partial x_k},
 
   with norms over the last (feature) axis. Terms whose ‖δ‖² is below `min_grad_norm_sq` count as 0
   (the official code's `bound`, which avoids 0/0). x_k and δ_{k+1} are constants for

@@ -1,4 +1,4 @@
-"""Annealed Gaussian gradient noise, registered from optax (`optax.add_noise`).
+r"""Annealed Gaussian gradient noise, registered from optax (`optax.add_noise`).
 
 Neelakantan et al., "Adding Gradient Noise Improves Learning for Very Deep Networks",
 arXiv:1511.06807 (2015).
@@ -8,8 +8,8 @@ decays polynomially:
 
 .. math::
 
-  \\tilde g_t = g_t + \\mathcal{N}(0, \\sigma_t^2), \\qquad
-  \\sigma_t^2 = \\frac{\\eta}{(1 + t)^\\gamma},
+  \tilde g_t = g_t + \mathcal{N}(0, \sigma_t^2), \qquad
+  \sigma_t^2 = \frac{\eta}{(1 + t)^\gamma},
 
 with η from {0.01, 0.3, 1.0} and γ = 0.55 in the paper. The noisy gradient then goes to any
 optimizer (SGD, Adam...): chain this transform before it.
@@ -39,7 +39,7 @@ import optax
 
 from jaxlearn import registry
 from jaxlearn import _checks
-from jaxlearn.optim.lion import compute_in_float32
+from jaxlearn.optim import _common
 
 __all__ = [
     "add_gradient_noise",
@@ -102,7 +102,7 @@ def add_gradient_noise(
   if isinstance(key, float) or key is None:
     raise ValueError(f"key must be an int seed or a jax.random.key, got {key!r}")
   key = _typed_key(key)
-  inner = compute_in_float32(optax.add_noise(eta, gamma, key))
+  inner = _common.compute_in_float32(optax.add_noise(eta, gamma, key))
   return _with_raw_key(inner, jax.random.key_impl(key))
 
 

@@ -2,7 +2,7 @@
 
 Cao, Li and Song, "Grams: Gradient Descent with Adaptive Momentum Scaling", arXiv:2412.17107
 (ICLR 2025 SCOPE workshop); official code: https://github.com/Gunale0926/Grams, released on PyPI
-as `grams-pytorch` (read: `grams.py` of version 0.0.2).
+as `grams-pytorch` (`grams.py` of version 0.0.2).
 
 Adam moves along its first moment `m`; cautious optimizers drop the coordinates where `m` and the
 gradient disagree; Grams keeps every coordinate but takes its sign from the current gradient and
@@ -17,9 +17,8 @@ Where the official code and pytorch-optimizer differ, this follows the official 
   so the two differ while `sqrt(v_hat)` is not much larger than eps; with eps = 0 they coincide.
 * `correct_bias=False` (the official "BERT" switch) drops both bias corrections.
 
-pytorch-optimizer 4.1.0's first moment is the ordinary EMA `m <- lerp(m, g, 1 - b1)`; the
-catalogue's warning that it weights the new gradient by b1 does not hold for that version (a test
-checks it).
+pytorch-optimizer 4.1.0's first moment is the ordinary EMA `m <- lerp(m, g, 1 - b1)`; it does not
+weight the new gradient by b1 (a test checks it).
 """
 
 from __future__ import annotations
@@ -56,13 +55,6 @@ class ScaleByGramsState(NamedTuple):
   nu: optax.Updates
 
 
-def _state_zeros(params: optax.Params) -> optax.Updates:
-  """Zeros like `params` in float32 at least, so low-precision moments do not underflow."""
-  return jax.tree.map(
-      lambda p: optax.tree.zeros_like(p, dtype=jnp.promote_types(p.dtype, jnp.float32)), params
-  )
-
-
 def scale_by_grams(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -70,14 +62,14 @@ def scale_by_grams(
     *,
     correct_bias: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  """The Grams direction: the gradient's sign with the magnitude of Adam's step.
+  r"""The Grams direction: the gradient's sign with the magnitude of Adam's step.
 
   .. math::
 
-    m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
-    v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2 \\\\
-    u_t &= c_t\\, \\operatorname{sign}(g_t) \\odot \\frac{|m_t|}{\\sqrt{v_t} + \\varepsilon},
-    \\qquad c_t = \\frac{\\sqrt{1 - \\beta_2^t}}{1 - \\beta_1^t}
+    m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+    u_t &= c_t\, \operatorname{sign}(g_t) \odot \frac{|m_t|}{\sqrt{v_t} + \varepsilon},
+    \qquad c_t = \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}
 
   (`c_t = 1` with `correct_bias=False`). Equivalently `|m_hat| / (sqrt(v_hat) + eps / sqrt(1 -
   b2^t))`. `grams` multiplies `u_t` by `-learning_rate`. State: `m, v` (zeros at the start) and
@@ -104,22 +96,18 @@ def scale_by_grams(
 
   def init_fn(params):
     return ScaleByGramsState(
-        count=jnp.zeros([], jnp.int32), mu=_state_zeros(params), nu=_state_zeros(params)
+        count=jnp.zeros([], jnp.int32),
+        mu=_common.state_zeros(params),
+        nu=_common.state_zeros(params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     count = numerics.safe_increment(state.count)
-    mu = jax.tree.map(
-        lambda g, m: (b1 * m + (1.0 - b1) * g.astype(m.dtype)).astype(m.dtype), updates, state.mu
-    )
-    nu = jax.tree.map(
-        lambda g, v: (b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype))).astype(v.dtype),
-        updates,
-        state.nu,
-    )
+    mu = _common.update_moment(updates, state.mu, b1)
+    nu = _common.update_moment(updates, state.nu, b2, order=2)
     step = count.astype(jnp.float32)
-    scale = jnp.sqrt(1.0 - b2**step) / (1.0 - b1**step) if correct_bias else 1.0
+    scale = _common.folded_bias_correction(b1, b2, step) if correct_bias else 1.0
 
     def direction(g, m, v):
       # m = 0 wherever every past gradient was 0 (then v = 0 too): no step instead of 0/0 at eps 0.
@@ -141,12 +129,12 @@ def grams(
     *,
     correct_bias: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  """Grams: Gradient Descent with Adaptive Momentum Scaling.
+  r"""Grams: Gradient Descent with Adaptive Momentum Scaling.
 
   .. math::
 
-    \\theta_t = \\theta_{t-1} - \\eta \\left(c_t\\, \\operatorname{sign}(g_t) \\odot
-    \\frac{|m_t|}{\\sqrt{v_t} + \\varepsilon} + \\lambda \\theta_{t-1}\\right)
+    \theta_t = \theta_{t-1} - \eta \left(c_t\, \operatorname{sign}(g_t) \odot
+    \frac{|m_t|}{\sqrt{v_t} + \varepsilon} + \lambda \theta_{t-1}\right)
 
   with `m_t, v_t, c_t` as in `scale_by_grams` and decoupled weight decay λ multiplied by the
   learning rate η, as in the official code (`p <- p - lr * wd * p` before the step). Defaults are

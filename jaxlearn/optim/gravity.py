@@ -2,7 +2,7 @@
 
 Bahrami and Pouriyan Zadeh, "Gravity Optimizer: a Kinematic Approach on Optimization in Deep
 Learning", arXiv:2101.09192; official code: https://github.com/dariush-bahrami/gravity.optimizer
-(read: `gravity_optimizer_math.md`, `implementations/gravity_optimizer_keras.py` and
+(`gravity_optimizer_math.md`, `implementations/gravity_optimizer_keras.py` and
 `implementations/gravity_optimizer_pytorch.py`).
 
 A ball on an inclined plane of slope `g / m` moves by `l g / (1 + (g / m)^2)`: linear in `g` for
@@ -87,15 +87,15 @@ def scale_by_gravity(
     *,
     key: KeyOrSeed = 0,
 ) -> optax.GradientTransformationExtraArgs:
-  """The Gravity velocity, to be multiplied by `-learning_rate`.
+  r"""The Gravity velocity, to be multiplied by `-learning_rate`.
 
   .. math::
 
-    \\zeta_t &= \\frac{g_t}{1 + (g_t / m_t)^2}, \\qquad m_t = \\frac{1}{\\max |g_t|}
-    \\text{ (per leaf)} \\\\
-    \\hat\\beta_t &= \\frac{\\beta t + 1}{t + 2}, \\qquad t = 0, 1, 2, \\dots \\\\
-    V_t &= \\hat\\beta_t V_{t-1} + (1 - \\hat\\beta_t) \\zeta_t, \\qquad
-    V_{-1} \\sim \\mathcal N(0, (\\alpha / \\eta_0)^2)
+    \zeta_t &= \frac{g_t}{1 + (g_t / m_t)^2}, \qquad m_t = \frac{1}{\max |g_t|}
+    \text{ (per leaf)} \\
+    \hat\beta_t &= \frac{\beta t + 1}{t + 2}, \qquad t = 0, 1, 2, \dots \\
+    V_t &= \hat\beta_t V_{t-1} + (1 - \hat\beta_t) \zeta_t, \qquad
+    V_{-1} \sim \mathcal N(0, (\alpha / \eta_0)^2)
 
   and the update is `V_t`. The learning rate only sets the spread of the initial velocity (η_0 is
   its value at step 0, so that `η_0 V_{-1} ~ N(0, alpha^2)`); the alias applies the step.
@@ -124,7 +124,7 @@ def scale_by_gravity(
     keys = optax.tree.split_key_like(key, params)
 
     def velocity(k, p):
-      dtype = jnp.promote_types(p.dtype, jnp.float32)
+      dtype = _common.wide_dtype(p.dtype)
       # Drawn with the parameter's sharding, so that under an explicit mesh the state's type
       # does not change at the first update (the values do not depend on the sharding).
       sharding = jax.typeof(p).sharding

@@ -124,7 +124,7 @@ RECORD = registry.record(
     reference="arXiv:2404.18466",
     experiment="hft_half_fine_tuning_forgetting",
     notes=(
-        "No official code and the paper body was not readable: the selection (half of each "
+        "No official code, and the paper body could not be checked: the selection (half of each "
         "category's parameter matrices, redrawn per stage) follows the abstract and secondary "
         "summaries. Groups are pytree leaves, categories user-given (default one), "
         "round(fraction * n) per category with halves rounded up. Frozen leaves get zero "

@@ -1,4 +1,4 @@
-"""Lion (EvoLved Sign Momentum): registered from optax, plus an alias with the paper's defaults.
+r"""Lion (EvoLved Sign Momentum): registered from optax, plus an alias with the paper's defaults.
 
 Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023, arXiv:2302.06675;
 official code: https://github.com/google/automl/tree/master/lion.
@@ -8,10 +8,10 @@ rate before weight decay):
 
 .. math::
 
-  c_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t \\\\
-  \\theta_t &= \\theta_{t-1}
-    - \\eta_t \\left(\\operatorname{sign}(c_t) + \\lambda\\, \\theta_{t-1}\\right) \\\\
-  m_t &= \\beta_2 m_{t-1} + (1 - \\beta_2) g_t, \\qquad m_0 = 0.
+  c_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+  \theta_t &= \theta_{t-1}
+    - \eta_t \left(\operatorname{sign}(c_t) + \lambda\, \theta_{t-1}\right) \\
+  m_t &= \beta_2 m_{t-1} + (1 - \beta_2) g_t, \qquad m_0 = 0.
 
 `optax.scale_by_lion` / `optax.lion` implement exactly this (verified in `tests/optim/test_lion.py`
 against a NumPy transcription of Algorithm 2 and against pytorch-optimizer's `Lion`), so the math
@@ -26,16 +26,14 @@ its defaults and conventions:
   float32 updates for bfloat16 gradients);
 - hyperparameters are validated.
 
-This module also holds `compute_in_float32`, a public wrapper that gives any optax transform the
-jaxlearn dtype policy; the other thin optax wrappers of jaxlearn reuse it.
+The float32 state and the updates in the gradient's dtype come from
+`jaxlearn.optim.compute_in_float32`, which every thin optax wrapper of jaxlearn shares.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from jaxlearn import registry
@@ -45,59 +43,7 @@ from jaxlearn.optim import _common
 __all__ = [
     "lion",
     "scale_by_lion",
-    "compute_in_float32",
 ]
-
-
-def _at_least_float32(dtype: Any) -> Any:
-  """float16/bfloat16 -> float32; wider floats, complex and non-float dtypes are kept."""
-  if not jnp.issubdtype(dtype, jnp.inexact):
-    return dtype
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _upcast(x: Any) -> Any:
-  """`x` in float32 or wider; abstract `jax.ShapeDtypeStruct` leaves stay abstract."""
-  dtype = _at_least_float32(x.dtype)
-  if isinstance(x, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
-  return jnp.asarray(x).astype(dtype)
-
-
-def compute_in_float32(
-    inner: optax.GradientTransformation,
-) -> optax.GradientTransformationExtraArgs:
-  """Runs `inner` in float32 (or wider) and returns its updates in each gradient's dtype.
-
-  `init` sees the parameters upcast to at least float32, so state that optax sizes "like the
-  parameters" is float32 for bfloat16/float16 parameters; `update` sees upcast gradients and
-  parameters, so norms and other reductions run in float32; the updates it returns are cast back
-  to the dtype of the incoming gradients (float64 and complex leaves are left as they are). This
-  also removes a dtype hazard of optax transforms under `optax.inject_hyperparams`: injected
-  hyperparameters are float32 arrays, which promote bfloat16 updates to float32 (or, in
-  `optax.clip_by_global_norm`, make `lax.select` fail).
-
-  Args:
-    inner: any optax gradient transformation; extra keyword arguments of `update` are forwarded
-      when it accepts them and dropped otherwise.
-
-  Returns:
-    A `GradientTransformationExtraArgs` with the same state as `inner`.
-  """
-  inner = optax.with_extra_args_support(inner)
-
-  def init_fn(params):
-    return inner.init(jax.tree.map(_upcast, params))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    wide_params = None if params is None else jax.tree.map(_upcast, params)
-    new_updates, state = inner.update(
-        jax.tree.map(_upcast, updates), state, wide_params, **extra_args
-    )
-    new_updates = jax.tree.map(lambda new, old: new.astype(old.dtype), new_updates, updates)
-    return new_updates, state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def scale_by_lion(
@@ -106,12 +52,12 @@ def scale_by_lion(
     *,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """`optax.scale_by_lion` with argument checks and float32 momentum: `u_t = sign(c_t)`.
+  r"""`optax.scale_by_lion` with argument checks and float32 momentum: `u_t = sign(c_t)`.
 
   .. math::
 
-    c_t = \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\quad u_t = \\operatorname{sign}(c_t), \\quad
-    m_t = \\beta_2 m_{t-1} + (1 - \\beta_2) g_t.
+    c_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \quad u_t = \operatorname{sign}(c_t), \quad
+    m_t = \beta_2 m_{t-1} + (1 - \beta_2) g_t.
 
   State: `optax.ScaleByLionState(count, mu)`, the momentum `mu` in float32 or wider (or
   `mu_dtype`). Updates are returned in the gradient's dtype.
@@ -130,7 +76,7 @@ def scale_by_lion(
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  return compute_in_float32(optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype))
+  return _common.compute_in_float32(optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype))
 
 
 def lion(
@@ -142,13 +88,13 @@ def lion(
     *,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Lion: a sign update of an interpolated momentum, with decoupled weight decay.
+  r"""Lion: a sign update of an interpolated momentum, with decoupled weight decay.
 
   .. math::
 
-    \\theta_t = \\theta_{t-1} - \\eta_t \\left(\\operatorname{sign}(\\beta_1 m_{t-1} +
-    (1 - \\beta_1) g_t) + \\lambda\\, \\theta_{t-1}\\right), \\qquad
-    m_t = \\beta_2 m_{t-1} + (1 - \\beta_2) g_t.
+    \theta_t = \theta_{t-1} - \eta_t \left(\operatorname{sign}(\beta_1 m_{t-1} +
+    (1 - \beta_1) g_t) + \lambda\, \theta_{t-1}\right), \qquad
+    m_t = \beta_2 m_{t-1} + (1 - \beta_2) g_t.
 
   The weight decay is multiplied by the learning rate, as in the paper's Algorithm 2 and its
   official code. Lion's update has a larger norm than AdamW's (every coordinate moves by η), so
@@ -187,6 +133,7 @@ RECORD = registry.record(
     reference="arXiv:2302.06675",
     experiment="lion_batch_size",
     also=(
+        "jaxlearn.optim.compute_in_float32",
         "optax.lion",
         "optax.scale_by_lion",
     ),

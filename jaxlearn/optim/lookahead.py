@@ -1,4 +1,4 @@
-"""Lookahead as the last link of an optax chain: slow weights kept in the optimizer state.
+r"""Lookahead as the last link of an optax chain: slow weights kept in the optimizer state.
 
 Zhang et al., "Lookahead Optimizer: k steps forward, 1 step back", NeurIPS 2019, arXiv:1907.08610;
 as used by Ranger21 (Wright & Demeure, arXiv:2106.13731; official code
@@ -9,8 +9,8 @@ towards them and the fast weights restart from the slow ones:
 
 .. math::
 
-  \\text{if } t \\bmod k = 0: \\quad \\phi \\leftarrow \\phi + \\alpha (\\theta_t - \\phi), \\qquad
-  \\theta_t \\leftarrow \\phi ,
+  \text{if } t \bmod k = 0: \quad \phi \leftarrow \phi + \alpha (\theta_t - \phi), \qquad
+  \theta_t \leftarrow \phi ,
 
 with φ initialised to θ_0. Defaults k = 5 and α = 0.5 (Ranger21 and the Lookahead paper).
 
@@ -35,6 +35,7 @@ import optax
 from optax._src import numerics
 
 from jaxlearn import _checks
+from jaxlearn.optim import _common
 
 __all__ = [
     "lookahead_sync",
@@ -80,13 +81,12 @@ def lookahead_sync(
   _checks.check_range("slow_step_size", slow_step_size, 0.0, 1.0)
 
   def init_fn(params):
-    slow = jax.tree.map(lambda p: jnp.asarray(p, jnp.promote_types(p.dtype, jnp.float32)), params)
+    slow = jax.tree.map(lambda p: jnp.asarray(p, _common.wide_dtype(p.dtype)), params)
     return LookaheadSyncState(jnp.zeros([], jnp.int32), slow)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError("lookahead_sync needs params: call update(updates, state, params)")
+    _common.require_params(params, "lookahead_sync")
     count = numerics.safe_increment(state.count)
     sync = count % sync_period == 0
 

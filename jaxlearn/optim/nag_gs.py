@@ -1,8 +1,8 @@
-"""NAG-GS: a semi-implicit (Gauss-Seidel) discretization of an accelerated gradient flow.
+r"""NAG-GS: a semi-implicit (Gauss-Seidel) discretization of an accelerated gradient flow.
 
 Leplat, Merkulov, Katrutsa, Bershatsky, Tsymboi and Oseledets, "NAG-GS: Semi-Implicit,
 Accelerated and Robust Stochastic Optimizer", arXiv:2209.14937; official code:
-https://github.com/skolai/nag-gs (read: `nag_gs/nag_gs_pytorch.py`, `nag_gs/nag_gs_jax.py`).
+https://github.com/skolai/nag-gs (`nag_gs/nag_gs_pytorch.py`, `nag_gs/nag_gs_jax.py`).
 
 The method integrates the Nesterov-like flow `x' = v - x`, `γ v' = μ (x - v) - ∇f(x)`,
 `γ' = μ - γ` with step α, implicitly in each variable and using the newest value of the others
@@ -11,16 +11,16 @@ The method integrates the Nesterov-like flow `x' = v - x`, `γ v' = μ (x - v) -
 
 .. math::
 
-  x_{k+1} &= (1 - a) x_k + a v_k \\\\
-  v_{k+1} &= (1 - b_k) v_k + b_k x_{k+1} - \\frac{b_k}{\\mu} \\nabla f(x_{k+1}) \\\\
-  \\gamma_{k+1} &= (1 - a) \\gamma_k + a \\mu.
+  x_{k+1} &= (1 - a) x_k + a v_k \\
+  v_{k+1} &= (1 - b_k) v_k + b_k x_{k+1} - \frac{b_k}{\mu} \nabla f(x_{k+1}) \\
+  \gamma_{k+1} &= (1 - a) \gamma_k + a \mu.
 
 With `v_0 = x_0` (the official initialization) the first x-step is a no-op, so an optimizer step
 that receives `∇f(x_t)` performs the v- and γ-updates with it and then the next x-step; this is
-exactly the official PyTorch `NAGGS` and a NumPy transcription of the paper's algorithm found in
-the public code index (`nag_gs_step`, "NAG-GS update from Algorithm alg:nag_gsgeneral"; the index
-does not name its repository), and needs no branch. The paper's own pseudo-code could not be read
-(only its abstract and first page are stored); the two sources above agree with each other.
+exactly the official PyTorch `NAGGS` and a third-party NumPy transcription of the paper's
+algorithm (`nag_gs_step`, "NAG-GS update from Algorithm alg:nag_gsgeneral", of unknown origin),
+and needs no branch. The paper's own pseudo-code could not be checked beyond its abstract and
+first page; the two codes above agree with each other.
 
 The official JAX/optax code differs in two ways: it skips the v-update with a Python
 `if state.count > 0` on a traced value (which cannot be jitted) and so wastes the first gradient
@@ -39,6 +39,7 @@ from optax._src import numerics
 
 from jaxlearn import registry
 from jaxlearn import _checks
+from jaxlearn.optim import _common
 
 __all__ = [
     "nag_gs",
@@ -66,16 +67,16 @@ def scale_by_nag_gs(
     mu: float = 1.0,
     gamma: float = 1.5,
 ) -> optax.GradientTransformationExtraArgs:
-  """The full NAG-GS step `x_{t+1} - x_t` (already signed: add it to the parameters).
+  r"""The full NAG-GS step `x_{t+1} - x_t` (already signed: add it to the parameters).
 
   Given `g = ∇f(x_t)` at the current parameters `x_t`, with `a = α/(1+α)`,
   `b = αμ/(αμ + γ)`:
 
   .. math::
 
-    v &\\leftarrow (1 - b)\\, v + b\\, x_t - \\frac{\\alpha}{\\alpha\\mu + \\gamma}\\, g \\\\
-    \\gamma &\\leftarrow (1 - a)\\, \\gamma + a \\mu \\\\
-    u_t &= a\\, (v - x_t)
+    v &\leftarrow (1 - b)\, v + b\, x_t - \frac{\alpha}{\alpha\mu + \gamma}\, g \\
+    \gamma &\leftarrow (1 - a)\, \gamma + a \mu \\
+    u_t &= a\, (v - x_t)
 
   (`b/μ` is written `α / (αμ + γ)`, which is also defined for μ = 0). The step is not linear in
   α, so this transform is the whole optimizer: `nag_gs` returns it unchanged.
@@ -100,7 +101,7 @@ def scale_by_nag_gs(
 
   def init_fn(params):
     v = jax.tree.map(
-        lambda p: jnp.array(p, dtype=jnp.promote_types(p.dtype, jnp.float32), copy=True), params
+        lambda p: jnp.array(p, dtype=_common.wide_dtype(p.dtype), copy=True), params
     )
     return ScaleByNagGsState(
         count=jnp.zeros([], jnp.int32), gamma=jnp.asarray(gamma, jnp.float32), v=v
@@ -108,10 +109,7 @@ def scale_by_nag_gs(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(
-          "scale_by_nag_gs needs the current parameters: call update(updates, state, params)"
-      )
+    _common.require_params(params, "scale_by_nag_gs")
     alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
     alpha = jnp.asarray(alpha, jnp.float32)
     b = alpha * mu / (alpha * mu + state.gamma)
@@ -174,10 +172,10 @@ RECORD = registry.record(
     experiment="nag_gs_step_size_stability",
     notes=(
         "Implements the paper's algorithm (x-step, b_k with gamma_k, gamma-step, v-step at "
-        "grad f(x_{k+1})) with v_0 = x_0, as read from the official PyTorch NAGGS and a NumPy "
-        "transcription of the paper's Algorithm found in the code index (the two agree; the "
-        "paper's pseudo-code itself was not readable). The official JAX/optax code branches in "
-        "Python on a traced count (no jit), wastes the first gradient and uses gamma_{k+1} in "
+        "grad f(x_{k+1})) with v_0 = x_0, as in the official PyTorch NAGGS and a third-party "
+        "NumPy transcription of the paper's Algorithm (the two agree; the paper's pseudo-code "
+        "itself could not be checked). The official JAX/optax code branches in Python on a "
+        "traced count (no jit), wastes the first gradient and uses gamma_{k+1} in "
         "the v-step; it agrees with this one when gamma_0 = mu (tested). The step alpha enters "
         "non-linearly, so the transform is the whole optimizer (no separate lr scaling) and "
         "there is no weight decay (none in the official code)."

@@ -1,4 +1,4 @@
-"""Norm loss: a decoupled pull of every unit's weight norm towards 1.
+r"""Norm loss: a decoupled pull of every unit's weight norm towards 1.
 
 Georgiou et al., "Norm Loss: An efficient yet effective regularization method for deep neural
 networks", ICPR 2020, arXiv:2103.06583; as used by Ranger21 (Wright & Demeure, arXiv:2106.13731,
@@ -9,8 +9,8 @@ ndim <= 1) Ranger21 adds to the update
 
 .. math::
 
-  \\Delta_u = 2 \\lambda_{nl} \\Bigl(1 - \\frac{1}{\\lVert \\theta_u \\rVert + \\varepsilon}\\Bigr)
-  \\theta_u ,
+  \Delta_u = 2 \lambda_{nl} \Bigl(1 - \frac{1}{\lVert \theta_u \rVert + \varepsilon}\Bigr)
+  \theta_u ,
 
 which (for eps = 0) is the gradient of the penalty `factor * sum_u (||theta_u|| - 1)**2`, applied
 decoupled from the adaptive scaling; the learning-rate step that follows multiplies it by `-lr`, as
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlearn import _checks
-from jaxlearn.optim.centralization import _check_channel_axis, _unit_axes
+from jaxlearn.optim import _common
 
 __all__ = [
     "add_norm_loss",
@@ -37,8 +37,8 @@ __all__ = [
 
 def unit_norm(x: jax.Array, channel_axis: int = -1) -> jax.Array:
   """L2 norm of every output unit (keepdims), or of the whole leaf when ndim <= 1 (float32+)."""
-  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  axes = None if x.ndim <= 1 else _unit_axes(x.ndim, channel_axis)
+  x32 = x.astype(_common.wide_dtype(x.dtype))
+  axes = None if x.ndim <= 1 else _common.unit_axes(x.ndim, channel_axis)
   return jnp.sqrt(jnp.sum(jnp.square(x32), axis=axes, keepdims=x.ndim > 1))
 
 
@@ -57,17 +57,16 @@ def add_norm_loss(
   """
   _checks.check_non_negative("factor", factor)
   _checks.check_positive("eps", eps)
-  _check_channel_axis(channel_axis)
+  _common.check_channel_axis(channel_axis)
 
   def term(u, p):
-    p32 = p.astype(jnp.promote_types(p.dtype, jnp.float32))
+    p32 = p.astype(_common.wide_dtype(p.dtype))
     correction = 2 * factor * (1 - 1 / (unit_norm(p, channel_axis) + eps))
     return (u + correction * p32).astype(u.dtype)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError("add_norm_loss needs params: call update(updates, state, params)")
+    _common.require_params(params, "add_norm_loss")
     return jax.tree.map(term, updates, params), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)

@@ -1,8 +1,8 @@
-"""Normalized LR+GD: gradient descent on the logistic loss with the step rescaled by the mean
+r"""Normalized LR+GD: gradient descent on the logistic loss with the step rescaled by the mean
 logistic weight, the method the paper derives from the normalized batch perceptron.
 
 Tyurin, "From Logistic Regression to the Perceptron Algorithm: Exploring Gradient Descent with
-Large Step Sizes", AAAI 2025, arXiv:2412.08424 (read: Sections 3, 5 and 6 of the paper).
+Large Step Sizes", AAAI 2025, arXiv:2412.08424 (Sections 3, 5 and 6 of the paper).
 
 For binary labels `y_i ∈ {-1, 1}` and a linear model, the logistic loss
 `f(θ) = (1/n) Σ_i log(1 + exp(-y_i a_i^T θ))` has the gradient
@@ -14,9 +14,9 @@ version of that normalization (the paper's Section 6):
 
 .. math::
 
-  \\theta_{t+1} = \\theta_t - \\gamma \\beta_t \\nabla f(\\theta_t), \\qquad
-  \\beta_t = \\Big(\\frac{1}{n} \\sum_{i=1}^n
-  \\frac{1}{1 + \\exp(y_i a_i^\\top \\theta_t)}\\Big)^{-1},
+  \theta_{t+1} = \theta_t - \gamma \beta_t \nabla f(\theta_t), \qquad
+  \beta_t = \Big(\frac{1}{n} \sum_{i=1}^n
+  \frac{1}{1 + \exp(y_i a_i^\top \theta_t)}\Big)^{-1},
 
 which solves the classification problem after at most `R^2/μ^2 + 2 log(2n - 1) / (γ μ^2)` steps
 from θ_0 = 0 (Theorem 6.1). β_t needs every example's margin `y_i a_i^T θ_t`, so the transform
@@ -61,7 +61,7 @@ def logistic_normalizer(margins: jax.Array) -> jax.Array:
     β as a float32 (or wider) scalar.
   """
   margins = jnp.asarray(margins)
-  dtype = jnp.promote_types(margins.dtype, jnp.float32)
+  dtype = _common.wide_dtype(margins.dtype)
   m = margins.astype(dtype).reshape(-1)
   log_mean = jax.nn.logsumexp(-jax.nn.softplus(m)) - math.log(m.size)
   return jnp.exp(-log_mean)
@@ -97,7 +97,7 @@ def scale_by_normalized_lr_gd() -> optax.GradientTransformationExtraArgs:
     finite = jnp.isfinite(beta)
 
     def leaf(g):
-      scaled = beta.astype(jnp.promote_types(g.dtype, jnp.float32)) * g
+      scaled = beta.astype(_common.wide_dtype(g.dtype)) * g
       return jnp.where(finite, scaled, 0.0).astype(g.dtype)
 
     return jax.tree.map(leaf, updates), state

@@ -1,4 +1,4 @@
-"""NovoGrad: momentum on gradients normalized by a layer-wise second moment.
+r"""NovoGrad: momentum on gradients normalized by a layer-wise second moment.
 
 Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training of
 Deep Networks", arXiv:1905.11286 (2019); official code: NVIDIA OpenSeq2Seq
@@ -9,19 +9,19 @@ average of its squared gradient norm, initialized with the first gradient rather
 
 .. math::
 
-  v^l_1 &= \\lVert g^l_1 \\rVert^2, \\qquad
-  v^l_t = \\beta_2 v^l_{t-1} + (1 - \\beta_2) \\lVert g^l_t \\rVert^2 \\\\
-  u^l_t &= \\frac{g^l_t}{\\sqrt{v^l_t + \\epsilon_{root}} + \\epsilon} + \\lambda\\, w^l_t \\\\
-  m^l_t &= \\beta_1 m^l_{t-1} + a\\, u^l_t, \\qquad m^l_0 = 0,
-  \\qquad a = 1 \\text{ (or } 1 - \\beta_1 \\text{ with grad averaging)} \\\\
-  w^l_{t+1} &= w^l_t - \\eta_t m^l_t.
+  v^l_1 &= \lVert g^l_1 \rVert^2, \qquad
+  v^l_t = \beta_2 v^l_{t-1} + (1 - \beta_2) \lVert g^l_t \rVert^2 \\
+  u^l_t &= \frac{g^l_t}{\sqrt{v^l_t + \epsilon_{root}} + \epsilon} + \lambda\, w^l_t \\
+  m^l_t &= \beta_1 m^l_{t-1} + a\, u^l_t, \qquad m^l_0 = 0,
+  \qquad a = 1 \text{ (or } 1 - \beta_1 \text{ with grad averaging)} \\
+  w^l_{t+1} &= w^l_t - \eta_t m^l_t.
 
 So `m_1 = u_1` (the first-step initialization), the weight decay is added after the
 normalization and inside the momentum, and there is no bias correction. The state is one momentum
-buffer plus one scalar per layer: about half of Adam's. The paper's Algorithm 1 could not be read
-here (only its abstract and third-party summaries); the recursion follows the official code. One
-edge case differs from it: the official code initializes `v` whenever `v == 0` (so a layer whose
-first gradients are all zero is initialized later), this module (like optax) at the first step.
+buffer plus one scalar per layer: about half of Adam's. The paper's Algorithm 1 could not be
+checked; the recursion follows the official code. One edge case differs from it: the official
+code initializes `v` whenever `v == 0` (so a layer whose first gradients are all zero is
+initialized later), this module (like optax) at the first step.
 
 `optax.novograd` / `optax.scale_by_novograd` implement the same recursion (verified in
 `tests/optim/test_novograd.py`). jaxlearn has its own transform because optax lacks:
@@ -71,10 +71,6 @@ class ScaleByNovogradState(NamedTuple):
   nu: optax.Updates
 
 
-def _wide(dtype: Any) -> Any:
-  return jnp.promote_types(dtype, jnp.float32)
-
-
 def _check_arguments(b1, b2, eps, eps_root, weight_decay, weight_decay_mask) -> None:
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
@@ -105,14 +101,14 @@ def scale_by_novograd(
     grad_averaging: bool = False,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """NovoGrad's momentum of layer-normalized gradients (with its weight decay inside).
+  r"""NovoGrad's momentum of layer-normalized gradients (with its weight decay inside).
 
   .. math::
 
-    v_t = \\lVert g_1 \\rVert^2 \\text{ if } t = 1 \\text{ else }
-    \\beta_2 v_{t-1} + (1 - \\beta_2) \\lVert g_t \\rVert^2, \\quad
-    m_t = \\beta_1 m_{t-1} + a \\left(\\frac{g_t}{\\sqrt{v_t + \\epsilon_{root}} + \\epsilon}
-    + \\lambda w_t\\right),
+    v_t = \lVert g_1 \rVert^2 \text{ if } t = 1 \text{ else }
+    \beta_2 v_{t-1} + (1 - \beta_2) \lVert g_t \rVert^2, \quad
+    m_t = \beta_1 m_{t-1} + a \left(\frac{g_t}{\sqrt{v_t + \epsilon_{root}} + \epsilon}
+    + \lambda w_t\right),
 
   per leaf, with `a = 1 - β1` if `grad_averaging` else 1, and `m_0 = 0`. Returns `m_t` in the
   gradient's dtype; `novograd` multiplies it by `-learning_rate`.
@@ -141,16 +137,14 @@ def scale_by_novograd(
   new_term_scale = (1.0 - b1) if grad_averaging else 1.0
 
   def init_fn(params):
-    mu = jax.tree.map(
-        lambda p: optax.tree.zeros_like(p, dtype=mu_dtype or _wide(p.dtype)), params
-    )
-    nu = jax.tree.map(lambda p: jnp.zeros([], _wide(p.dtype)), params)
+    mu = _common.state_zeros(params, mu_dtype)
+    nu = jax.tree.map(lambda p: jnp.zeros([], _common.wide_dtype(p.dtype)), params)
     return ScaleByNovogradState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     first = state.count == 0
-    wide_grads = jax.tree.map(lambda g: g.astype(_wide(g.dtype)), updates)
+    wide_grads = jax.tree.map(lambda g: g.astype(_common.wide_dtype(g.dtype)), updates)
     nu = jax.tree.map(
         lambda g, v: jnp.where(
             first, jnp.sum(jnp.square(g)), b2 * v + (1.0 - b2) * jnp.sum(jnp.square(g))
@@ -162,11 +156,11 @@ def scale_by_novograd(
         lambda g, v: g / (jnp.sqrt(v + eps_root) + eps), wide_grads, nu
     )
     # The decay goes in before the momentum (official code), so it is applied here, not chained.
+    if _checks.concrete_float(weight_decay) != 0.0:
+      _common.require_params(params, "scale_by_novograd")
     if params is not None:
-      wide_params = jax.tree.map(lambda p: p.astype(_wide(p.dtype)), params)
+      wide_params = jax.tree.map(lambda p: p.astype(_common.wide_dtype(p.dtype)), params)
       normalized, _ = decay.update(normalized, decay.init(wide_params), wide_params)
-    elif _checks.concrete_float(weight_decay) != 0.0:
-      raise ValueError("scale_by_novograd needs params: call update(updates, state, params)")
     mu = jax.tree.map(
         lambda m, u: (b1 * m + new_term_scale * u).astype(m.dtype), state.mu, normalized
     )
@@ -247,7 +241,7 @@ RECORD = registry.record(
         "and the official defaults betas (0.95, 0.98), eps 1e-8 (optax: 0.9, 0.25, 1e-6). eps "
         "is outside the root (NeMo/optax/pytorch-optimizer; OpenSeq2Seq puts it inside: eps=0, "
         "eps_root=...). pytorch-optimizer's grad_averaging skips the (1 - b1) factor on the "
-        "first step; the official code does not (tested). The paper's Algorithm 1 itself was "
-        "not readable here: the defaults of its experiments are not verified."
+        "first step; the official code does not (tested). The paper's Algorithm 1 itself could "
+        "not be checked: the defaults of its experiments are not verified."
     ),
 )

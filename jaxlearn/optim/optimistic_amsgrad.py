@@ -1,21 +1,21 @@
-"""Optimistic AMSGrad: AMSGrad plus a step along a prediction of the next gradient.
+r"""Optimistic AMSGrad: AMSGrad plus a step along a prediction of the next gradient.
 
 Wang, Li, Karimi and Li, "An Optimistic Acceleration of AMSGrad for Nonconvex Optimization",
 ACML 2021, arXiv:1903.01435 (first version: "Optimistic Adaptive Acceleration for Optimization");
-official code: https://github.com/Hintonthu/optimistic-amsgrad (read: `Optadam_torch.py`,
+official code: https://github.com/Hintonthu/optimistic-amsgrad (`Optadam_torch.py`,
 `cifar10_opt.py`, `README.md`).
 
-What could and could not be established. Only the abstract and first page of the paper were
-readable in the stored corpora, so the update below is read from the official code:
+What could and could not be established. The paper could not be checked beyond its abstract and
+first page, so the update below follows the official code:
 
 .. math::
 
-  \\theta_t &= \\beta_1 \\theta_{t-1} + (1 - \\beta_1) g_t, \\qquad
-  h_{t+1} = \\beta_1 \\theta_{t-1} + (1 - \\beta_1) m_{t+1} \\\\
-  v_t &= \\beta_2 v_{t-1} + (1 - \\beta_2) (g_t - m_{t+1})^2, \\qquad
-  \\hat v_t = \\max(\\hat v_{t-1}, v_t) \\\\
-  w_{t+1/2} &= w_{t-1/2} - \\eta\\, c_t \\frac{\\theta_t}{\\sqrt{\\hat v_t} + \\varepsilon}, \\qquad
-  w_{t+1} = w_{t+1/2} - \\eta\\, c_t \\frac{h_{t+1}}{\\sqrt{\\hat v_t} + \\varepsilon}
+  \theta_t &= \beta_1 \theta_{t-1} + (1 - \beta_1) g_t, \qquad
+  h_{t+1} = \beta_1 \theta_{t-1} + (1 - \beta_1) m_{t+1} \\
+  v_t &= \beta_2 v_{t-1} + (1 - \beta_2) (g_t - m_{t+1})^2, \qquad
+  \hat v_t = \max(\hat v_{t-1}, v_t) \\
+  w_{t+1/2} &= w_{t-1/2} - \eta\, c_t \frac{\theta_t}{\sqrt{\hat v_t} + \varepsilon}, \qquad
+  w_{t+1} = w_{t+1/2} - \eta\, c_t \frac{h_{t+1}}{\sqrt{\hat v_t} + \varepsilon}
 
 with `c_t = sqrt(1 - b2^t) / (1 - b1^t)`, `w_{1/2} = w_1`, `m_{t+1}` the prediction of the next
 gradient, and the gradient evaluated at the displayed iterate `w_t`. `h` uses `θ_{t-1}`, as the
@@ -93,7 +93,7 @@ def rmpe_extrapolate(sequence: jax.Array, ridge: float | jax.Array = 1e-3) -> ja
   Returns:
     The extrapolated point, shape `sequence.shape[1:]`, float32 or wider.
   """
-  dtype = jnp.promote_types(sequence.dtype, jnp.float32)
+  dtype = _common.wide_dtype(sequence.dtype)
   # Contracts over the trailing axes instead of flattening them: under an explicit mesh a sharded
   # array cannot always be reshaped, and the result keeps the entries' sharding. The r x r Gram
   # matrix is replicated (a dot over sharded axes needs its output sharding spelled out).
@@ -133,7 +133,7 @@ def _check_span(span) -> int | None:
 def _float32_zeros(p, leading=()):
   """Zeros of shape `leading + p.shape`, float32 or wider, sharded like `p` (leading axes
   replicated), so that under an explicit mesh the state's type matches what `update` computes."""
-  dtype = jnp.promote_types(p.dtype, jnp.float32)
+  dtype = _common.wide_dtype(p.dtype)
   sharding = jax.typeof(p).sharding
   sharding = sharding.update(spec=jax.P(*(None,) * len(leading), *sharding.spec))
   return jnp.zeros(tuple(leading) + jnp.shape(p), dtype, out_sharding=sharding)
@@ -147,13 +147,13 @@ def scale_by_optimistic_amsgrad(
     *,
     span: int = 5,
 ) -> optax.GradientTransformationExtraArgs:
-  """The Optimistic-AMSGrad displacement `(w_t - w_{t+1}) / η` (see the module docstring).
+  r"""The Optimistic-AMSGrad displacement `(w_t - w_{t+1}) / η` (see the module docstring).
 
   With `D_t = sqrt(v̂_t) + eps` and `c_t` the bias correction,
 
   .. math::
 
-    u_t = c_t \\frac{\\theta_t + h_{t+1}}{D_t} - c_{t-1} \\frac{h_t}{D_{t-1}}
+    u_t = c_t \frac{\theta_t + h_{t+1}}{D_t} - c_{t-1} \frac{h_t}{D_{t-1}}
 
   which is `w_t - w_{t+1}` divided by the learning rate: the half-step of the AMSGrad part and the
   new optimistic step, minus the optimistic step of the previous iteration (the iterate `w_t`
@@ -201,7 +201,7 @@ def scale_by_optimistic_amsgrad(
     del params, extra_args
     count = numerics.safe_increment(state.count)
     step = count.astype(jnp.float32)
-    correction = jnp.sqrt(1.0 - b2**step) / (1.0 - b1**step)
+    correction = _common.folded_bias_correction(b1, b2, step)
 
     history = jax.tree.map(
         lambda h, g: jnp.concatenate([h[1:], g.astype(h.dtype)[None]], axis=0),
@@ -213,14 +213,10 @@ def scale_by_optimistic_amsgrad(
         lambda h: jnp.where(count >= h.shape[0], rmpe_extrapolate(h, ridge), 0.0).astype(h.dtype),
         history,
     )
-    optimistic = jax.tree.map(lambda m, p: b1 * m + (1.0 - b1) * p, state.mu, prediction)
-    mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g.astype(m.dtype), state.mu, updates)
-    nu = jax.tree.map(
-        lambda v, g, p: b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype) - p),
-        state.nu,
-        updates,
-        prediction,
-    )
+    optimistic = _common.update_moment(prediction, state.mu, b1)  # h_{t+1}, from θ_{t-1}
+    mu = _common.update_moment(updates, state.mu, b1)
+    errors = jax.tree.map(lambda g, p: g.astype(p.dtype) - p, updates, prediction)
+    nu = _common.update_moment(errors, state.nu, b2, order=2)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
     denominators = jax.tree.map(lambda v: jnp.sqrt(v) + eps, nu_max)
     pending = jax.tree.map(lambda h, d: correction * h / d, optimistic, denominators)
@@ -289,7 +285,7 @@ RECORD = registry.record(
     reference="arXiv:1903.01435",
     experiment="optimistic_amsgrad_steps_to_target",
     notes=(
-        "NOT ESTABLISHED FROM THE PAPER: only its abstract and first page could be read, "
+        "NOT ESTABLISHED FROM THE PAPER: only its abstract and first page could be checked, "
         "so the update (theta, h = b1 theta_{t-1} + (1-b1) m, v on (g - m)^2, "
         "AMSGrad max, half-step/optimistic-step pair, bias-corrected step size) is read from "
         "the official code (Hintonthu/optimistic-amsgrad, Optadam_torch.py). The official "

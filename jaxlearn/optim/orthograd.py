@@ -29,6 +29,7 @@ import optax
 
 from jaxlearn import registry
 from jaxlearn import _checks
+from jaxlearn.optim import _common
 
 __all__ = [
     "orthogonalize_gradients",
@@ -36,12 +37,11 @@ __all__ = [
 ]
 
 DEFAULT_EPS = 1e-30
-_NO_PARAMS = "orthogonalize_gradients needs params: call update(updates, state, params)."
 
 
 def orthogonalize_leaf(grad: jax.Array, weight: jax.Array, eps=DEFAULT_EPS) -> jax.Array:
   """⊥Grad of one tensor: `grad` minus its projection on `weight`, rescaled to ‖grad‖."""
-  dtype = jnp.promote_types(jnp.promote_types(grad.dtype, weight.dtype), jnp.float32)
+  dtype = _common.wide_dtype(jnp.promote_types(grad.dtype, weight.dtype))
   g = grad.astype(dtype).reshape(-1)
   w = weight.astype(dtype).reshape(-1)
   orthogonal = g - (jnp.dot(w, g) / (jnp.dot(w, w) + eps)) * w
@@ -62,8 +62,7 @@ def orthogonalize_gradients(eps: float = DEFAULT_EPS) -> optax.GradientTransform
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    if params is None:
-      raise ValueError(_NO_PARAMS)
+    _common.require_params(params, "orthogonalize_gradients")
     return jax.tree.map(lambda g, w: orthogonalize_leaf(g, w, eps), updates, params), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)

@@ -1,4 +1,4 @@
-"""Positive-negative momentum (PNM) and its adaptive form AdaPNM, Ranger21's core.
+r"""Positive-negative momentum (PNM) and its adaptive form AdaPNM, Ranger21's core.
 
 Xie et al., "Positive-Negative Momentum: Manipulating Stochastic Gradient Noise to Improve
 Generalization", ICML 2021, arXiv:2103.17182; official code
@@ -10,18 +10,18 @@ the other one (negative weight), normalised so that the noise amplitude does not
 
 .. math::
 
-  m_t &= \\beta_1^2 m_{t-2} + (1 - \\beta_1^2) g_t
-        \\quad (\\text{the buffer of } t\\text{'s parity}) \\\\
-  d_t &= \\frac{(1 + \\beta_0) m_t - \\beta_0 m_{t-1}}{\\sqrt{(1 + \\beta_0)^2 + \\beta_0^2}} .
+  m_t &= \beta_1^2 m_{t-2} + (1 - \beta_1^2) g_t
+        \quad (\text{the buffer of } t\text{'s parity}) \\
+  d_t &= \frac{(1 + \beta_0) m_t - \beta_0 m_{t-1}}{\sqrt{(1 + \beta_0)^2 + \beta_0^2}} .
 
 `scale_by_pnm` returns `d_t` (PNM, the SGD form: `theta <- theta - lr * d_t`). `scale_by_adapnm`
 adds Adam's second moment, with the AMSGrad maximum by default (official default `amsgrad=True`):
 
 .. math::
 
-  v_t &= \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2, \\qquad
-  v^{\\max}_t = \\max(v^{\\max}_{t-1}, v_t) \\\\
-  u_t &= \\frac{d_t}{(1 - \\beta_1^t)\\,\\bigl(\\sqrt{v^{\\max}_t / (1 - \\beta_2^t)} + \\varepsilon\\bigr)} .
+  v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad
+  v^{\max}_t = \max(v^{\max}_{t-1}, v_t) \\
+  u_t &= \frac{d_t}{(1 - \beta_1^t)\,\bigl(\sqrt{v^{\max}_t / (1 - \beta_2^t)} + \varepsilon\bigr)} .
 
 With `softplus_beta` the denominator becomes `softplus_beta(sqrt(v_max / (1 - b2^t)) + eps)`, as in
 Ranger21's official code (see `jaxlearn.optim.softplus`). The first bias correction is
@@ -43,7 +43,7 @@ from optax._src import numerics
 
 from jaxlearn import _checks
 from jaxlearn.optim import _common
-from jaxlearn.optim.softplus import softplus_denominator, state_zeros
+from jaxlearn.optim.softplus import softplus_denominator
 
 __all__ = [
     "scale_by_pnm",
@@ -122,7 +122,9 @@ def scale_by_pnm(b1: float = 0.9, b0: float = 1.0) -> optax.GradientTransformati
   _check_pnm(b1, b0)
 
   def init_fn(params):
-    return ScaleByPNMState(jnp.zeros([], jnp.int32), state_zeros(params), state_zeros(params))
+    return ScaleByPNMState(
+        jnp.zeros([], jnp.int32), _common.state_zeros(params), _common.state_zeros(params)
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -167,14 +169,14 @@ def scale_by_adapnm(
   def init_fn(params):
     return ScaleByAdaPNMState(
         count=jnp.zeros([], jnp.int32),
-        mu_odd=state_zeros(params),
-        mu_even=state_zeros(params),
-        nu=state_zeros(params),
-        nu_max=state_zeros(params) if amsgrad else None,
+        mu_odd=_common.state_zeros(params),
+        mu_even=_common.state_zeros(params),
+        nu=_common.state_zeros(params),
+        nu_max=_common.state_zeros(params) if amsgrad else None,
     )
 
   def denominator(v, count):
-    root = jnp.sqrt(v) / jnp.sqrt(1 - b2**count) + eps
+    root = jnp.sqrt(v) / jnp.sqrt(_common.bias_correction(b2, count)) + eps
     return root if softplus_beta is None else softplus_denominator(root, softplus_beta)
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -185,7 +187,7 @@ def scale_by_adapnm(
     )
     nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
-    bias_correction1 = 1 - b1**count
+    bias_correction1 = _common.bias_correction(b1, count)
     out = jax.tree.map(
         lambda g, d, v: (d / bias_correction1 / denominator(v, count)).astype(g.dtype),
         updates, direction, nu_max if amsgrad else nu,
@@ -202,8 +204,7 @@ def adapnm_second_moment(state: ScaleByAdaPNMState, b2) -> optax.Updates:
   AdaPNM's own `v_t` instead of keeping a second copy. This is the EMA, not its AMSGrad maximum,
   as in Ranger21's official code.
   """
-  correction = 1 - b2**state.count
-  return jax.tree.map(lambda v: v / correction, state.nu)
+  return _common.debias(state.nu, b2, state.count)
 
 
 def pnm(

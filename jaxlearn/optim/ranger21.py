@@ -1,8 +1,8 @@
-"""Ranger21: AdamW's core plus eight components, as an `optax.chain` of separately usable parts.
+r"""Ranger21: AdamW's core plus eight components, as an `optax.chain` of separately usable parts.
 
 Wright & Demeure, "Ranger21: a synergistic deep learning optimizer", arXiv:2106.13731; official code
-https://github.com/lessw2020/Ranger21 (`ranger21/ranger21.py`). The paper body could not be read
-here (only its abstract); every equation below follows the official code, each component's own
+https://github.com/lessw2020/Ranger21 (`ranger21/ranger21.py`). The paper's body could not be
+checked (only its abstract); every equation below follows the official code, each component's own
 paper and official code, with the official code's evident bugs fixed (listed under Deviations).
 
 Per step t (1-based), with g_t the gradient and θ the parameters before the step:
@@ -16,12 +16,12 @@ Per step t (1-based), with g_t the gradient and θ the parameters before the ste
 
    .. math::
 
-     m_t &= \\beta_1^2 m_{t-2} + (1 - \\beta_1^2) g_t, \\quad
-     v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2, \\quad
-     v^{\\max}_t = \\max(v^{\\max}_{t-1}, v_t) \\\\
-     u_t &= \\frac{(1 + \\beta_0) m_t - \\beta_0 m_{t-1}}
-               {\\sqrt{(1 + \\beta_0)^2 + \\beta_0^2}\\,(1 - \\beta_1^t)\\,
-                \\operatorname{softplus}_{50}\\bigl(\\sqrt{v^{\\max}_t / (1 - \\beta_2^t)} + \\varepsilon\\bigr)};
+     m_t &= \beta_1^2 m_{t-2} + (1 - \beta_1^2) g_t, \quad
+     v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \quad
+     v^{\max}_t = \max(v^{\max}_{t-1}, v_t) \\
+     u_t &= \frac{(1 + \beta_0) m_t - \beta_0 m_{t-1}}
+               {\sqrt{(1 + \beta_0)^2 + \beta_0^2}\,(1 - \beta_1^t)\,
+                \operatorname{softplus}_{50}\bigl(\sqrt{v^{\max}_t / (1 - \beta_2^t)} + \varepsilon\bigr)};
 
 5. stable weight decay `+ wd / (sqrt(mean_all v_t / (1 - b2^t)) + eps) * θ`
    (`with_stable_weight_decay`, reading AdaPNM's own `v_t`);
@@ -316,7 +316,7 @@ RECORD = registry.record(
         "(PNM: arXiv:2103.17182) with a softplus denominator (Sadam: arXiv:1908.00700), stable "
         "weight decay (AdamS: arXiv:2011.11152), norm loss (arXiv:2103.06583), the "
         "warmup/warmdown schedule, and Lookahead (arXiv:1907.08610) kept in the optimizer "
-        "state (optax.lookahead keeps it in the params). The paper body was not readable here: "
+        "state (optax.lookahead keeps it in the params). The paper body could not be checked: "
         "the rule follows the official code (lessw2020/Ranger21) with its bugs fixed: stable "
         "decay and norm loss on every parameter (official: last parameter only), a working "
         "AMSGrad maximum (official: no-op), PNM with b0=1 and sqrt((1+b0)^2+b0^2) (official: "

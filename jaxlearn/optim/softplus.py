@@ -1,4 +1,4 @@
-"""The softplus-calibrated denominator of adaptive methods, and Sadam, the optimizer that uses it.
+r"""The softplus-calibrated denominator of adaptive methods, and Sadam, the optimizer that uses it.
 
 Tong, Liang & Bi, "Calibrating the Adaptive Learning Rate to Improve Convergence of ADAM"
 (arXiv:1908.00700; official code https://github.com/neilliang90/Sadam). Adam divides by
@@ -6,8 +6,8 @@ Tong, Liang & Bi, "Calibrating the Adaptive Learning Rate to Improve Convergence
 
 .. math::
 
-  \\operatorname{softplus}_\\beta(x) = \\frac{1}{\\beta} \\log\\bigl(1 + e^{\\beta x}\\bigr)
-  \\;\\ge\\; \\max\\Bigl(x, \\frac{\\log 2}{\\beta}\\Bigr)
+  \operatorname{softplus}_\beta(x) = \frac{1}{\beta} \log\bigl(1 + e^{\beta x}\bigr)
+  \;\ge\; \max\Bigl(x, \frac{\log 2}{\beta}\Bigr)
 
 keeps it at least `log(2)/beta` (0.0139 for the default beta = 50) while leaving large values
 unchanged, so the adaptive step is bounded by `beta / log 2` times the momentum.
@@ -17,11 +17,11 @@ unchanged, so the adaptive step is bounded by `beta / log 2` times the momentum.
 
 .. math::
 
-  m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\qquad
-  v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2, \\qquad
-  \\hat v_t = \\max(\\hat v_{t-1}, v_t) \\\\
-  u_t &= \\frac{\\sqrt{1 - \\beta_2^t}}{1 - \\beta_1^t}
-        \\frac{m_t}{\\operatorname{softplus}_\\beta(\\sqrt{\\hat v_t})} .
+  m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+  v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad
+  \hat v_t = \max(\hat v_{t-1}, v_t) \\
+  u_t &= \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}
+        \frac{m_t}{\operatorname{softplus}_\beta(\sqrt{\hat v_t})} .
 
 The official code has no epsilon in this branch (the softplus replaces it) and takes the softplus of
 the *uncorrected* `sqrt(v)`, folding the second bias correction into the step size; both are kept.
@@ -37,6 +37,7 @@ import optax
 from optax._src import numerics
 
 from jaxlearn import _checks
+from jaxlearn.optim import _common
 
 __all__ = [
     "softplus_denominator",
@@ -66,13 +67,6 @@ class ScaleBySadamState(NamedTuple):
   nu_max: optax.Updates | None
 
 
-def state_zeros(params: optax.Params) -> optax.Updates:
-  """Zeros like `params` in float32 at least, so that low-precision moments do not underflow."""
-  return jax.tree.map(
-      lambda p: optax.tree.zeros_like(p, dtype=jnp.promote_types(p.dtype, jnp.float32)), params
-  )
-
-
 def scale_by_sadam(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -98,9 +92,9 @@ def scale_by_sadam(
   def init_fn(params):
     return ScaleBySadamState(
         count=jnp.zeros([], jnp.int32),
-        mu=state_zeros(params),
-        nu=state_zeros(params),
-        nu_max=state_zeros(params) if amsgrad else None,
+        mu=_common.state_zeros(params),
+        nu=_common.state_zeros(params),
+        nu_max=_common.state_zeros(params) if amsgrad else None,
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -109,7 +103,7 @@ def scale_by_sadam(
     mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
     nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
-    step_size = jnp.sqrt(1 - b2**count) / (1 - b1**count)
+    step_size = _common.folded_bias_correction(b1, b2, count)
     out = jax.tree.map(
         lambda g, m, v: (step_size * m / softplus_denominator(jnp.sqrt(v), beta)).astype(g.dtype),
         updates, mu, nu_max if amsgrad else nu,

@@ -10,9 +10,10 @@ Models", arXiv:2311.11696 (EMNLP 2023). Official code: TsinghuaC3I/SoRA (`src/sp
 which sets gates exactly to zero, so the ranks whose gate is zero can be dropped after training.
 In the official code λ is NOT multiplied by the learning rate (a fixed threshold per step).
 
-`soft_threshold(λ)` is that proximal step as a reusable optax transform: placed last in a chain it
-turns the proposed update u into prox_λ(θ + u) − θ (the proximal gradient / ISTA step when the
-chain is `sgd(lr)` and λ = lr · ℓ1-strength). `sora(...)` is the official optimizer: AdamW (decoupled
+`jaxlearn.optim.soft_threshold(λ)` is that proximal step as a reusable optax transform, shared by
+every optimizer: placed last in a chain it turns the proposed update u into prox_λ(θ + u) − θ (the
+proximal gradient / ISTA step when the chain is `sgd(lr)` and λ = lr · ℓ1-strength).
+`sora(...)` is the official optimizer: AdamW (decoupled
 weight decay times lr, as HF `transformers.AdamW`) then `soft_threshold` on the leaves chosen by
 `gate_mask`.
 
@@ -23,60 +24,15 @@ the official code leaves θ unchanged; prox gives 0 (a measure-zero case).
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import optax
 
 from jaxlearn import registry
 from jaxlearn import _checks
 from jaxlearn.optim import _common
-from jaxlearn.optim.lion import compute_in_float32
 
 __all__ = [
     "sora",
-    "soft_threshold",
-    "soft_threshold_leaf",
 ]
-
-_NO_PARAMS = "soft_threshold needs params: call update(updates, state, params)."
-
-
-def soft_threshold_leaf(x: jax.Array, threshold) -> jax.Array:
-  """sign(x) · max(|x| − threshold, 0), the proximal operator of threshold · ‖x‖₁."""
-  return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
-
-
-def soft_threshold(
-    threshold: float, *, mask: _common.MaskOrFn | None = None
-) -> optax.GradientTransformationExtraArgs:
-  """Proximal L1 step: turns the update u into prox_threshold(θ + u) − θ (SoRA, arXiv:2311.11696).
-
-  Args:
-    threshold: λ >= 0, applied as is at every step (not multiplied by a learning rate).
-    mask: a pytree of bools (or a callable params -> one) choosing the leaves to sparsify (SoRA:
-      the gates); None: every leaf.
-
-  Returns:
-    A stateless `optax.GradientTransformationExtraArgs` whose `update` requires `params`; use it
-    last in a chain, after the learning-rate step.
-  """
-  _checks.check_non_negative("threshold", threshold)
-  _common.check_mask(mask, "mask")
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
-    if params is None:
-      raise ValueError(_NO_PARAMS)
-
-    def prox_update(u, p):
-      dtype = jnp.promote_types(jnp.promote_types(u.dtype, p.dtype), jnp.float32)
-      new = p.astype(dtype) + u.astype(dtype)
-      return (soft_threshold_leaf(new, threshold) - p.astype(dtype)).astype(u.dtype)
-
-    return jax.tree.map(prox_update, updates, params), state
-
-  transform = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-  return transform if mask is None else optax.masked(transform, mask)
 
 
 def sora(
@@ -113,10 +69,9 @@ def sora(
   _checks.check_positive("eps", eps)
   _checks.check_non_negative("sparse_lambda", sparse_lambda)
   return optax.chain(
-      _common.alias(compute_in_float32(optax.scale_by_adam(b1, b2, eps)), learning_rate,
-                    weight_decay,
-                    weight_decay_mask),
-      soft_threshold(sparse_lambda, mask=gate_mask),
+      _common.alias(_common.compute_in_float32(optax.scale_by_adam(b1, b2, eps)), learning_rate,
+                    weight_decay, weight_decay_mask),
+      _common.soft_threshold(sparse_lambda, mask=gate_mask),
   )
 
 
@@ -127,6 +82,8 @@ RECORD = registry.record(
     reference="arXiv:2311.11696",
     experiment="sora_sparse_lora_lambda_sweep",
     also=(
+        "jaxlearn.optim.soft_threshold",
+        "jaxlearn.optim.soft_threshold_leaf",
         "jaxlearn.nn.lora_delta",
         "jaxlearn.nn.init_lora",
         "jaxlearn.nn.LoRA",
@@ -137,7 +94,7 @@ RECORD = registry.record(
         "(optax) instead of sqrt(v) before bias correction (HF AdamW), O(eps); at |p| = lambda "
         "exactly the official code keeps p, prox gives 0. The default sparse_lambda=3e-4 is "
         "the GLUE scripts' sparse_lambda_2; that this is the SparseAdamW threshold (and what "
-        "sparse_lambda=10 does) comes from a third-party config, run_glue.py was not read. "
-        "soft_threshold is the reusable proximal-L1 transform."
+        "sparse_lambda=10 does) comes from a third-party config, not checked against the "
+        "official run_glue.py. soft_threshold is the reusable proximal-L1 transform."
     ),
 )

@@ -1,4 +1,4 @@
-"""Stable weight decay: decoupled weight decay divided by the root mean second moment.
+r"""Stable weight decay: decoupled weight decay divided by the root mean second moment.
 
 Xie et al., "On the Overlooked Pitfalls of Weight Decay and How to Mitigate Them: A Gradient-Norm
 Perspective" (first titled "Stable Weight Decay Regularization"), arXiv:2011.11152; official code
@@ -11,9 +11,9 @@ mean of the bias-corrected second moment over ALL parameters (one scalar per ste
 
 .. math::
 
-  \\bar v_t = \\frac{1}{N} \\sum_{\\text{all leaves}} \\sum_i \\hat v_{t,i}, \\qquad
-  u_t \\leftarrow u_t + \\frac{\\lambda}{\\sqrt{\\bar v_t} + \\varepsilon}\\, \\theta_{t-1}
-  \\quad (\\text{on the leaves selected by the mask}),
+  \bar v_t = \frac{1}{N} \sum_{\text{all leaves}} \sum_i \hat v_{t,i}, \qquad
+  u_t \leftarrow u_t + \frac{\lambda}{\sqrt{\bar v_t} + \varepsilon}\, \theta_{t-1}
+  \quad (\text{on the leaves selected by the mask}),
 
 and the learning-rate step that follows multiplies the whole update by `-lr`, so the decay is
 `lr * wd / sqrt(mean v_hat)`, as in AdamS and Ranger21. The mean runs over every parameter, decayed
@@ -45,8 +45,6 @@ from optax._src import numerics
 
 from jaxlearn import _checks
 from jaxlearn.optim import _common
-from jaxlearn.optim.lion import compute_in_float32
-from jaxlearn.optim.softplus import state_zeros
 
 __all__ = [
     "with_stable_weight_decay",
@@ -75,24 +73,13 @@ class StableWeightDecayState(NamedTuple):
 def mean_second_moment(nu_hat: optax.Updates) -> jax.Array:
   """The mean of every element of every leaf of `nu_hat` (float32 at least)."""
   leaves = jax.tree.leaves(nu_hat)
-  total = sum(jnp.sum(v.astype(jnp.promote_types(v.dtype, jnp.float32))) for v in leaves)
+  total = sum(jnp.sum(v.astype(_common.wide_dtype(v.dtype))) for v in leaves)
   return total / sum(v.size for v in leaves)
 
 
 def adam_second_moment(state: optax.ScaleByAdamState, b2) -> optax.Updates:
   """The bias-corrected second moment of an updated `optax.scale_by_adam` state."""
-  correction = 1 - b2**state.count
-  return jax.tree.map(lambda v: v / correction, state.nu)
-
-
-def _decay_flags(mask: _common.MaskOrFn | None, params: optax.Params) -> Any:
-  """A tree like `params` of bools: whether each leaf is decayed (masks may be tree prefixes)."""
-  if mask is None:
-    return jax.tree.map(lambda _: True, params)
-  mask_tree = mask(params) if callable(mask) else mask
-  return jax.tree.map(
-      lambda flag, subtree: jax.tree.map(lambda _: bool(flag), subtree), mask_tree, params
-  )
+  return _common.debias(state.nu, b2, state.count)
 
 
 def with_stable_weight_decay(
@@ -127,24 +114,23 @@ def with_stable_weight_decay(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    own_nu = None if second_moment is not None else state_zeros(params)
+    own_nu = None if second_moment is not None else _common.state_zeros(params)
     return StableWeightDecayState(jnp.zeros([], jnp.int32), own_nu, inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      raise ValueError("with_stable_weight_decay needs params: call update(updates, state, params)")
+    _common.require_params(params, "with_stable_weight_decay")
     count = numerics.safe_increment(state.count)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     if second_moment is None:
       nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
-      nu_hat = jax.tree.map(lambda v: v / (1 - b2**count), nu)
+      nu_hat = _common.debias(nu, b2, count)
     else:
       nu, nu_hat = None, second_moment(inner_state)
     decay = weight_decay(state.count) if callable(weight_decay) else weight_decay
     mean = mean_second_moment(nu_hat)
     # All-zero gradients so far: no curvature information, and the rule would divide by zero.
     scale = jnp.where(mean > 0, decay / (jnp.sqrt(mean) + eps), 0.0)
-    flags = _decay_flags(weight_decay_mask, params)
+    flags = _common.decay_flags(weight_decay_mask, params)
     out = jax.tree.map(
         lambda u, p, flag: (u + scale * p).astype(u.dtype) if flag else u,
         inner_updates, params, flags,
@@ -181,7 +167,7 @@ def adams(
   """
   _checks.check_unit_interval("b1", b1)
   # Moments in float32 even for float16 params: eps = 1e-8 underflows in float16 (0 / 0 = NaN).
-  adam = compute_in_float32(optax.scale_by_adam(b1, b2, eps))
+  adam = _common.compute_in_float32(optax.scale_by_adam(b1, b2, eps))
   return optax.chain(
       with_stable_weight_decay(
           adam, weight_decay, weight_decay_mask, b2, eps,

@@ -1,4 +1,5 @@
-"""Tests for `jaxlearn.optim._common`: the alias pieces and the inject_hyperparams mask trap.
+"""Tests for `jaxlearn.optim._common`: the alias pieces, the inject_hyperparams mask trap, and the
+pieces every optimizer shares (dtype policy, moments, checks, proximal L1).
 
 References are hand-computed: an alias over `optax.identity()` performs
 `update = -lr * (g + weight_decay * mask * w)`, which NumPy evaluates directly.
@@ -170,3 +171,154 @@ def test_alias_validates_its_pieces():
     decayed_sgd(0.1, weight_decay=-1.0)
   with pytest.raises(ValueError, match="weight_decay_mask"):
     decayed_sgd(0.1, weight_decay=0.1, weight_decay_mask=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dtype policy.
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [(jnp.bfloat16, jnp.float32), (jnp.float16, jnp.float32), (jnp.float32, jnp.float32),
+     (jnp.complex64, jnp.complex64), (jnp.int32, jnp.float32)],
+    ids=["bfloat16", "float16", "float32", "complex64", "int32"],
+)
+def test_wide_dtype_is_float32_or_wider(dtype, expected):
+  assert _common.wide_dtype(dtype) == expected
+
+
+def test_state_zeros_are_float32_or_the_given_dtype():
+  params = {"w": jnp.ones((2, 3), jnp.bfloat16), "b": jnp.ones(3, jnp.float32)}
+  zeros = _common.state_zeros(params)
+  assert {k: v.dtype for k, v in zeros.items()} == {"w": jnp.float32, "b": jnp.float32}
+  assert all(not np.any(np.asarray(v)) and v.shape == params[k].shape for k, v in zeros.items())
+  assert all(v.dtype == jnp.bfloat16 for v in _common.state_zeros(params, jnp.bfloat16).values())
+
+
+def test_compute_in_float32_is_the_public_one_and_lion_lists_it():
+  from jaxlearn import optim, registry
+
+  assert optim.compute_in_float32 is _common.compute_in_float32
+  assert "jaxlearn.optim.compute_in_float32" in registry.get("lion").symbols
+
+
+# ---------------------------------------------------------------------------------------------
+# Moments and bias corrections, against NumPy.
+
+
+def test_update_moment_first_and_second_order():
+  grads = {"w": np.asarray([0.5, -2.0], np.float32)}
+  moments = {"w": np.asarray([1.0, 3.0], np.float32)}
+  first = _common.update_moment(grads, moments, 0.9)
+  second = _common.update_moment(grads, moments, 0.99, order=2)
+  np.testing.assert_allclose(first["w"], 0.9 * moments["w"] + 0.1 * grads["w"], rtol=1e-6)
+  np.testing.assert_allclose(second["w"], 0.99 * moments["w"] + 0.01 * grads["w"] ** 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="order"):
+    _common.update_moment(grads, moments, 0.9, order=3)
+
+
+def test_update_moment_casts_low_precision_gradients_before_the_arithmetic():
+  grads = {"w": jnp.asarray([1.0 + 2.0**-7, 3.0], jnp.bfloat16)}
+  moments = {"w": jnp.zeros(2, jnp.float32)}
+  out = _common.update_moment(grads, moments, 0.999, order=2)
+  assert out["w"].dtype == jnp.float32
+  wide = np.asarray(grads["w"], np.float32)
+  np.testing.assert_array_equal(out["w"], np.float32(1 - 0.999) * np.square(wide))
+
+
+def test_bias_corrections_and_debias():
+  count = jnp.asarray(3, jnp.int32)
+  np.testing.assert_allclose(_common.bias_correction(0.9, count), 1 - 0.9**3, rtol=1e-6)
+  # float32 cancellation in 1 - 0.999**3 costs about 1e-5 relative accuracy.
+  np.testing.assert_allclose(
+      _common.folded_bias_correction(0.9, 0.999, count), np.sqrt(1 - 0.999**3) / (1 - 0.9**3),
+      rtol=1e-4,
+  )
+  debiased = _common.debias({"v": jnp.asarray([0.3, 0.6])}, 0.5, count)
+  np.testing.assert_allclose(debiased["v"], np.asarray([0.3, 0.6]) / (1 - 0.5**3), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of transforms that read the weights.
+
+
+def test_require_params_names_the_transform():
+  _common.require_params(PARAMS, "my_transform")
+  with pytest.raises(ValueError, match=r"my_transform needs params: .*\(it reads them\)"):
+    _common.require_params(None, "my_transform", "it reads them")
+
+
+@pytest.mark.parametrize(
+    "mask, expected",
+    [(None, {"w": True, "b": True}), (matrices_only, {"w": True, "b": False}),
+     ({"w": False, "b": True}, {"w": False, "b": True})],
+    ids=["none", "callable", "tree"],
+)
+def test_decay_flags(mask, expected):
+  assert _common.decay_flags(mask, PARAMS) == expected
+
+
+def test_decay_flags_broadcasts_a_prefix_mask():
+  params = {"layer": {"w": PARAMS["w"], "b": PARAMS["b"]}, "head": PARAMS["w"]}
+  flags = _common.decay_flags({"layer": False, "head": True}, params)
+  assert flags == {"layer": {"w": False, "b": False}, "head": True}
+
+
+def test_unit_axes_and_channel_axis_check():
+  assert _common.unit_axes(4, -1) == (0, 1, 2)
+  assert _common.unit_axes(2, 0) == (1,)
+  _common.check_channel_axis(-1)
+  for bad in (True, 0.0, None, jnp.asarray(0)):
+    with pytest.raises(ValueError, match="channel_axis must be an int"):
+      _common.check_channel_axis(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Proximal L1.
+
+
+def test_soft_threshold_leaf_shrinks_towards_zero():
+  x = jnp.asarray([-3.0, -0.5, 0.0, 0.2, 2.0])
+  np.testing.assert_allclose(_common.soft_threshold_leaf(x, 1.0), [-2.0, 0.0, 0.0, 0.0, 1.0])
+
+
+def test_soft_threshold_turns_updates_into_the_proximal_step():
+  tx = _common.soft_threshold(0.5, mask={"w": True, "b": False})
+  updates = {"w": jnp.full((2, 2), 0.1), "b": jnp.asarray([0.1, 0.1])}
+  out, _ = tx.update(updates, tx.init(PARAMS), PARAMS)
+  new_w = np.asarray(PARAMS["w"]) + 0.1
+  expected_w = np.sign(new_w) * np.maximum(np.abs(new_w) - 0.5, 0.0) - np.asarray(PARAMS["w"])
+  np.testing.assert_allclose(out["w"], expected_w, rtol=1e-6)
+  np.testing.assert_allclose(out["b"], updates["b"])
+  with pytest.raises(ValueError, match="soft_threshold needs params"):
+    _common.soft_threshold(0.5).update(updates, optax.EmptyState())
+  with pytest.raises(ValueError, match="threshold"):
+    _common.soft_threshold(-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Method modules take shared pieces from _common, never from each other.
+
+# Composition, not sharing: these modules build on another method's public parts.
+COMPOSED_OF = {
+    "ranger21": {"agc", "centralization", "lookahead", "norm_loss", "pnm", "stable_weight_decay"},
+    "pnm": {"softplus"},  # AdaPNM with Sadam's softplus denominator (Ranger21's configuration)
+}
+
+
+def test_method_modules_import_only_common_and_their_parts():
+  import ast
+  import pathlib
+
+  import jaxlearn.optim
+
+  for path in sorted(pathlib.Path(jaxlearn.optim.__file__).parent.glob("*.py")):
+    if path.stem in ("__init__", "_common"):
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxlearn.optim.")):
+        continue
+      source = node.module.rsplit(".", 1)[1]
+      assert source in COMPOSED_OF.get(path.stem, ()), f"{path.stem} imports from {source}"
+      private = [a.name for a in node.names if a.name.startswith("_")]
+      assert not private, f"{path.stem} imports private names {private} from {source}"
