@@ -2,6 +2,7 @@
 
 Submodules for scale: `jaxlearn.train.sweep` (`sweep.sweep(...)`: hyperparameter sweeps),
 `jaxlearn.train.parallel` (device meshes, multi-host), `jaxlearn.train.checkpoint`.
+`jaxlearn.train.step` defines the `training_step` protocol (`TrainingStep`, `gradient_step`).
 """
 
 from jaxlearn.train.loop import FitResult, RunState, classifier, fit, grid
@@ -11,6 +12,7 @@ from jaxlearn.train.results import experiment_main, experiment_parser, new_figur
 from jaxlearn.train.checkpoint import Checkpointer, CorruptCheckpointWarning
 from jaxlearn.train.parallel import make_mesh
 from jaxlearn.train.sweep import LogUniform, SweepResult, Uniform, random_search
+from jaxlearn.train.step import TrainState, TrainingStep, gradient_step, keep_if_finite
 
 __all__ = [
     "FitResult",
@@ -32,4 +34,8 @@ __all__ = [
     "SweepResult",
     "Uniform",
     "random_search",
+    "TrainState",
+    "TrainingStep",
+    "gradient_step",
+    "keep_if_finite",
 ]

@@ -43,6 +43,10 @@ from etils import epath  # orbax's path type: local directories and gs:// bucket
 from jaxlearn import _checks
 from jaxlearn.train import parallel
 
+__all__ = [
+    "FORMAT", "Checkpointer", "CorruptCheckpointWarning", "Restored", "describe", "fingerprint",
+]
+
 PyTree = Any
 FORMAT = "jaxlearn-checkpoint/1"
 _ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a save still in progress

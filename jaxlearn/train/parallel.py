@@ -31,6 +31,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+__all__ = [
+    "AXES", "DATA", "RUNS", "RunLayout", "ambient_mesh", "axis_size", "check_training_mesh",
+    "fsdp_specs", "initialize_distributed", "is_main_process", "like_params", "make_mesh",
+    "multi_host_hint", "parse_mesh", "to_host",
+]
+
 PyTree = Any
 RUNS = "runs"
 DATA = "data"

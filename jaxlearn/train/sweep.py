@@ -14,7 +14,9 @@ not fit in memory at once; chunks have equal size, so they reuse one compiled pr
 
 The optimizer can be given as a factory (`optax.adam`, `jaxlearn.optim.adamp`, a lambda), a dotted
 path ('jaxlearn.optim.adamp'), a registry slug whose record has one optimizer alias, or a short
-name ('adamp', 'adam') looked up among the registered aliases and then in optax.
+name ('adamp', 'adam') looked up among the registered aliases and then in optax. A registered
+optimizer whose `update` needs more than the gradient (its record's `update_extras`, e.g.
+`margins`) gets those arguments every step, on the command line too.
 """
 
 from __future__ import annotations
@@ -36,8 +38,15 @@ import optax
 from jaxlearn import _checks, registry
 from jaxlearn.data import Dataset
 from jaxlearn.train import loop, parallel
+from jaxlearn.train import step as step_lib
 from jaxlearn.train.loop import classifier, fit
 from jaxlearn.train.models import mlp
+
+__all__ = [
+    "LogUniform", "SweepResult", "Uniform", "inject_swept", "parse_space", "random_search",
+    "registered_optimizers", "registered_update_extras", "resolve_optimizer", "run_from_args",
+    "save_sweep", "sweep",
+]
 
 Factory = Callable[..., optax.GradientTransformation]
 
@@ -55,6 +64,15 @@ def _takes_learning_rate(obj: Any) -> bool:
 def registered_optimizers() -> dict[str, Factory]:
   """Every registered optimizer alias (`registry.optimizer_aliases`), by dotted path."""
   return {symbol: registry.resolve(symbol) for _, symbol in registry.optimizer_aliases()}
+
+
+def registered_update_extras(factory: Factory) -> tuple[str, ...]:
+  """The extra `update` arguments that `factory`'s registry record names (`update_extras`), or
+  () for an optimizer that is not a registered alias (optax's...)."""
+  for method, symbol in registry.optimizer_aliases():
+    if registry.resolve(symbol) is factory:
+      return tuple(getattr(method, "update_extras", ()))
+  return ()
 
 
 def resolve_optimizer(optimizer: str | Factory) -> tuple[str, Factory]:
@@ -421,6 +439,8 @@ def sweep(
     chunk_size: int | str | None = "auto",
     mesh: jax.sharding.Mesh | None | str = "auto",
     progress: bool = True,
+    update_extras: Sequence[str] | None = None,
+    sampling: str = "without_replacement",
 ) -> SweepResult:
   """Trains every configuration x seed with `optimizer` and tabulates the results.
 
@@ -442,6 +462,10 @@ def sweep(
     mesh: 'auto' (every device on the runs axis when there are several, the mesh set with
       `jax.set_mesh` if any), None (one device), or a mesh from `parallel.make_mesh`.
     progress: show a progress bar per chunk.
+    update_extras: extra arguments of the optimizer's `update`, as in `fit`; None takes them from
+      the optimizer's registry record (`registered_update_extras`), so that e.g. Normalized
+      LR+GD gets its `margins`.
+    sampling: as in `fit`.
 
   Returns:
     A `SweepResult` (`.table()`, `.best()`, `.plot()`, `.to_csv()`).
@@ -470,6 +494,9 @@ def sweep(
       raise ValueError(f"mesh must be 'auto', None or a Mesh, got {mesh!r}")
     mesh = _default_mesh()
   seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+  if update_extras is None:
+    update_extras = registered_update_extras(factory)
+  update_extras = step_lib.check_update_extras(update_extras)
 
   make_optimizer = inject_swept(factory, sorted(configs[0]), fixed)
   runs_axis = parallel.axis_size(mesh, parallel.RUNS)
@@ -477,7 +504,7 @@ def sweep(
   if chunk_size == "auto":
     one_run = loop._Task(
         loss_fn, eval_fn, init_params, make_optimizer, has_state, batch_size,
-        len(data.x_train), eval_every, parallel.RunLayout(),
+        len(data.x_train), eval_every, parallel.RunLayout(), update_extras, sampling,
     )
     chunk_size = _auto_chunk_size(one_run, data, sorted(configs[0]), len(configs), len(seeds), mesh)
   pieces, eval_steps = [], None
@@ -487,6 +514,7 @@ def sweep(
         loss_fn, init_params, make_optimizer, data, steps=steps, batch_size=batch_size,
         configs=chunk, seeds=seeds, eval_every=eval_every, eval_fn=eval_fn, has_state=has_state,
         progress=progress, desc=f"{name} {index + 1}/{len(chunks)}", mesh=mesh,
+        update_extras=update_extras, sampling=sampling,
     )
     pieces.append({metric: values[:real] for metric, values in result.history.items()})
     eval_steps = result.eval_steps

@@ -13,6 +13,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # before j
 import functools  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -23,8 +24,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from jaxlearn.data import load_digits  # noqa: E402
+from jaxlearn.optim.extra_args import extra_update_args  # noqa: E402
 from jaxlearn.train import classifier, fit, grid, loop, mlp, parallel  # noqa: E402
-from jaxlearn.train.sweep import inject_swept, registered_optimizers, sweep  # noqa: E402
+from jaxlearn.train.sweep import (  # noqa: E402
+    inject_swept, registered_optimizers, registered_update_extras, sweep,
+)
 
 # optax optimizers checked next to the registered ones (a few state shapes: moments, factored
 # statistics, injected hyperparameters).
@@ -45,7 +49,10 @@ def data_parallel_cases(arrays, report):
   data = load_digits()
   init_params, apply_fn = mlp((64,), (32,), data.num_classes)
   loss_fn, eval_fn = classifier(apply_fn)
-  make = lambda learning_rate: optax.adam(learning_rate)
+  # Adam divides by |g| + eps: with the default eps=1e-8, a gradient entry that is pure rounding
+  # noise (the weight of a pixel that is almost never lit) turns summation-order differences
+  # into steps of up to lr; eps=1e-5 bounds that amplification by lr / eps.
+  make = lambda learning_rate: optax.adam(learning_rate, eps=1e-5)
   configs = grid(learning_rate=[1e-3, 3e-3, 1e-2, 3e-2])
   common = dict(steps=40, eval_every=20, batch_size=64, configs=configs, seeds=[0, 1],
                 eval_fn=eval_fn, progress=False)
@@ -125,8 +132,16 @@ def sweep_case(arrays, report):
   report["sweep_sharded/devices"] = many.devices
 
 
+def _sharding_loss(params, x, y):
+  """A mean logistic loss over a batch that touches every parameter: the source of the extra
+  `update` arguments (`margins`...) that a registry record asks for."""
+  score = jnp.sum(x @ params["w"], axis=-1) + jnp.sum(params["b"]) + jnp.sum(params["v"])
+  return jnp.mean(jax.nn.softplus(-y * score))
+
+
 def optimizer_sharding_case(report):
-  """Every optimizer's init/update under an explicit 8-device mesh (sharding in types)."""
+  """Every optimizer's init/update under an explicit 8-device mesh (sharding in types); `update`
+  gets the extra arguments its registry record names, built from `_sharding_loss`."""
   factories = {name: (factory, {}) for name, factory in registered_optimizers().items()}
   for name, (factory, _) in list(factories.items()):
     if "num_iterations" in inspect.signature(factory).parameters:  # Ranger21's run length
@@ -154,6 +169,9 @@ def optimizer_sharding_case(report):
         }
         params = {k: jax.sharding.reshard(v, specs[k]) for k, v in params.items()}
         grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
+        x = jnp.linspace(-1, 1, 24, dtype=jnp.float32).reshape(6, 4)
+        y = jnp.asarray([1.0, -1.0, 1.0, -1.0, 1.0, 1.0])
+        names = registered_update_extras(factory)
         variants = {
             "plain": factory(learning_rate=0.1, **kwargs),
             "injected": inject_swept(factory, ["learning_rate"], kwargs)(learning_rate=0.1),
@@ -162,8 +180,11 @@ def optimizer_sharding_case(report):
           abstract = jax.eval_shape(opt.init, params)
           state0 = opt.init(params)
           state_jit = jax.jit(opt.init)(params)
-          updates, state1 = jax.jit(opt.update)(grads, state0, params)
-          _, state2 = jax.jit(opt.update)(grads, state1, params)
+          update = jax.jit(lambda g, s, p, opt=opt: opt.update(
+              g, s, p, **extra_update_args(names, _sharding_loss, p, x, y)
+          ))
+          updates, state1 = update(grads, state0, params)
+          _, state2 = update(grads, state1, params)
           types = [jax.tree.map(jax.typeof, s) for s in (state0, state_jit, state1, state2)]
           record[f"{variant}/types_stable"] = all(t == types[0] for t in types)
           record[f"{variant}/updates_like_params"] = (
@@ -200,10 +221,12 @@ def all_optimizers_case(arrays, report):
   errors = report.setdefault("data_parallel_errors", {})
   for name, factory in registered_optimizers().items():
     make = inject_swept(factory, ["learning_rate"])
+    extras = registered_update_extras(factory)
     for mesh_name, mesh in {"single": None, "data8": parallel.make_mesh(data=8)}.items():
       try:
         result = fit(loss_fn, init_params, make, data, steps=10, eval_every=10, batch_size=64,
-                     configs=[{"learning_rate": 1e-2}], mesh=mesh, progress=False)
+                     configs=[{"learning_rate": 1e-2}], mesh=mesh, progress=False,
+                     update_extras=extras)
       except Exception as error:  # recorded, so that the test names the optimizer that failed
         errors[name] = f"{type(error).__name__}: {error}"
         break
@@ -234,9 +257,14 @@ SLOW_CASES = {"all_optimizers": all_optimizers_case}
 
 def main(out: Path, cases: list[str]) -> None:
   assert jax.device_count() == 8, jax.devices()
+  # Every program here runs a few steps: compiling it with XLA's optimizations would cost more
+  # than it saves (the partitioning into devices, and its collectives, are not optimizations).
+  jax.config.update("jax_disable_most_optimizations", True)
   arrays, report = {}, {}
   for case in cases:
+    start = time.process_time()
     {**CASES, **SLOW_CASES}[case](arrays, report)
+    report.setdefault("cpu_s", {})[case] = round(time.process_time() - start, 2)
   out.mkdir(parents=True, exist_ok=True)
   flat_arrays = {}
   for key, value in arrays.items():

@@ -1,4 +1,8 @@
-"""Checkpoints: exact round trips, resume inside `fit`, damaged directories skipped, no pickle."""
+"""Checkpoints: exact round trips, resume inside `fit`, damaged directories skipped, no pickle.
+
+The resume of an MLP sweep on digits is in the `scale` tier (`pytest -m scale`); a small model's
+resume, mid-epoch and with per-example state, stays in the default suite.
+"""
 
 import json
 import pickle
@@ -10,11 +14,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlearn.data import load_digits
+from jaxlearn.data import Dataset, load_digits
 from jaxlearn.train import classifier, fit, grid, mlp
 from jaxlearn.train.checkpoint import Checkpointer, CorruptCheckpointWarning, fingerprint
 from jaxlearn.train.loop import RunState
 from jaxlearn.train.sweep import inject_swept
+from tests.train._compile import fast_compile  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _state(seed=0):
@@ -162,22 +169,63 @@ def test_checkpoints_never_use_pickle(tmp_path, monkeypatch):
       assert not (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5), path
 
 
-def test_fit_resumes_exactly_from_its_checkpoints(tmp_path):
+def _assert_resumes_exactly(tmp_path, loss_fn, init_params, make, data, steps, stop, **common):
+  """A run stopped at `stop` and resumed from its checkpoints equals the uninterrupted run."""
+  whole = fit(loss_fn, init_params, make, data, steps=steps, **common)
+  fit(loss_fn, init_params, make, data, steps=stop, checkpoint=tmp_path, **common)  # "crashes"
+  seen = []
+  resumed = fit(loss_fn, init_params, make, data, steps=steps, checkpoint=tmp_path,
+                callback=lambda step, metrics: seen.append(step), **common)
+  every = common["eval_every"]
+  assert seen == list(range(stop + every, steps + 1, every))  # only the missing chunks ran
+  _assert_bitwise(resumed.state, whole.state)
+  for name in whole.history:
+    np.testing.assert_array_equal(resumed.history[name], whole.history[name])
+
+
+def test_fit_resumes_exactly_mid_epoch_with_per_example_state(tmp_path):
+  """Epochs without replacement (3 batches of 6 from 20 examples) and a per-example buffer written
+  at the batch's `indices`, as ELR keeps its targets: stopped mid-epoch (step 4), resumed into the
+  next epoch (steps 6-8), equal to the uninterrupted run."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(20, 3)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  data = Dataset(x, y, x[:4], y[:4], 2)
+
+  def init_params(key):
+    del key  # no PRNG draw to compile: the seeds still pick the batches
+    return {"w": jnp.full(3, 0.1)}, {"targets": jnp.full(20, 0.5)}
+
+  def loss_fn(params, state, x, y, *, indices, epoch):
+    p = jax.nn.sigmoid(x @ params["w"])
+    decay = 0.5 + 0.1 * jnp.minimum(epoch, 3)  # the epoch counter enters the state too
+    targets = state["targets"].at[indices].mul(decay).at[indices].add(
+        (1 - decay) * jax.lax.stop_gradient(p)
+    )
+    loss = optax.sigmoid_binary_cross_entropy(x @ params["w"], y).mean()
+    return loss + jnp.mean((p - targets[indices]) ** 2), {"targets": targets}
+
+  make = lambda learning_rate: optax.sgd(learning_rate)
+  common = dict(eval_every=2, batch_size=6, configs=grid(learning_rate=[0.1, 0.5]), seeds=[0, 1],
+                has_state=True, loss_takes_indices=True, progress=False)
+  _assert_resumes_exactly(tmp_path, loss_fn, init_params, make, data, steps=8, stop=4, **common)
+  with pytest.raises(ValueError, match="different run: its 'run'.*'sampling': 'replacement'"):
+    fit(loss_fn, init_params, make, data, steps=8, checkpoint=tmp_path, sampling="replacement",
+        **common)
+
+
+@pytest.mark.scale
+@pytest.mark.parametrize("sampling", ["without_replacement", "replacement"])
+def test_fit_resumes_exactly_from_its_checkpoints(tmp_path, sampling):
+  """An MLP sweep on digits; batches of 128 (11 an epoch) so that the resumed part crosses
+  epochs."""
   data = load_digits()
   init_params, apply_fn = mlp((64,), (16,), data.num_classes)
   loss_fn, eval_fn = classifier(apply_fn)
   make = lambda learning_rate: optax.adam(learning_rate)
-  common = dict(eval_every=10, batch_size=32, configs=grid(learning_rate=[1e-3, 1e-2]),
-                seeds=[0, 1], eval_fn=eval_fn, progress=False)
-  whole = fit(loss_fn, init_params, make, data, steps=40, **common)
-  fit(loss_fn, init_params, make, data, steps=20, checkpoint=tmp_path, **common)  # "crashes"
-  seen = []
-  resumed = fit(loss_fn, init_params, make, data, steps=40, checkpoint=tmp_path,
-                callback=lambda step, metrics: seen.append(step), **common)
-  assert seen == [30, 40]  # only the missing chunks ran
-  _assert_bitwise(resumed.state, whole.state)
-  for name in whole.history:
-    np.testing.assert_array_equal(resumed.history[name], whole.history[name])
+  common = dict(eval_every=10, batch_size=128, configs=grid(learning_rate=[1e-3, 1e-2]),
+                seeds=[0, 1], eval_fn=eval_fn, progress=False, sampling=sampling)
+  _assert_resumes_exactly(tmp_path, loss_fn, init_params, make, data, steps=40, stop=20, **common)
   with pytest.raises(ValueError, match="different run"):
     fit(loss_fn, init_params, make, data, steps=40, checkpoint=tmp_path,
         **{**common, "seeds": [5, 6]})

@@ -1,4 +1,7 @@
-"""SIGKILL a training process mid-run, resume from its checkpoints, and get the same bits."""
+"""SIGKILL a training process mid-run, resume from its checkpoints, and get the same bits.
+
+Three training processes: in the `scale` tier (`pytest -m scale`).
+"""
 
 import signal
 import subprocess
@@ -6,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tests.scale._subprocess import HERE, ROOT, clean_env, run_python
 
@@ -20,6 +24,7 @@ def _finished_steps(directory):
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
+@pytest.mark.scale
 def test_killed_run_resumes_to_bitwise_equal_parameters(tmp_path):
   checkpoints = tmp_path / "checkpoints"
   popen = lambda *args: subprocess.Popen(

@@ -1,4 +1,7 @@
-"""`python -m jaxlearn.launch`: two processes on localhost, simulated devices, argument handling."""
+"""`python -m jaxlearn.launch`: two processes on localhost, simulated devices, argument handling.
+
+The multi-process run is in the `scale` tier (`pytest -m scale`); the argument handling is not.
+"""
 
 import json
 import math
@@ -20,6 +23,7 @@ def _table(directory):
   return {row["learning_rate"]: row for row in record["table"]}, record
 
 
+@pytest.mark.scale
 def test_two_processes_run_a_data_parallel_sweep_that_matches_one_process(tmp_path):
   """2 processes x 2 CPU devices joined with jax.distributed (gloo collectives); every batch is
   split over all 4 devices of both processes. Only process 0 writes results."""

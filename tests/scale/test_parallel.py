@@ -1,4 +1,5 @@
-"""Mesh helpers and run layouts on the one device of the test process."""
+"""Mesh helpers and run layouts on the one device of the test process (`fit` under
+`jax.set_mesh` is in the `scale` tier, `pytest -m scale`)."""
 
 import functools
 
@@ -67,6 +68,7 @@ def test_run_layout_checks_divisibility():
     parallel.RunLayout(jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Auto,)))
 
 
+@pytest.mark.scale
 def test_fit_uses_the_mesh_set_with_jax_set_mesh():
   """`python -m jaxlearn.launch run ...` relies on this: experiments call fit unchanged."""
   data = load_digits()

@@ -1,26 +1,46 @@
 """`jaxlearn.train.sweep`: optimizers by name, grids and random search, chunking, the table and
-plots, the `jaxlearn sweep` command."""
+plots, the `jaxlearn sweep` command.
+
+The per-optimizer parametrization, chunking and the command-line runs are in the `scale` tier
+(`pytest -m scale`); one sweep-equals-fit run and the cheap checks stay in the default suite.
+"""
 
 import functools
 import inspect
 import json
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from jaxlearn import cli
+from jaxlearn import cli, registry
 from jaxlearn.data import load_digits
-from jaxlearn.train import classifier, fit, grid, loop, mlp, parallel
+from jaxlearn.optim.extra_args import extra_update_args
+from jaxlearn.train import classifier, fit, grid, loop, parallel
 from jaxlearn.train import sweep as sweep_module
 from jaxlearn.train.sweep import (
     LogUniform, SweepResult, Uniform, parse_space, random_search, registered_optimizers,
-    resolve_optimizer, sweep,
+    registered_update_extras, resolve_optimizer, sweep,
 )
+from tests.train._compile import fast_compile  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 DATA = load_digits()
-MODEL = mlp((64,), (16,), DATA.num_classes)
+
+
+def _init_linear(key):
+  del key  # zero initialization: no PRNG draw to compile; seeds still pick the batches
+  return {"w": jnp.zeros((64, DATA.num_classes)), "b": jnp.zeros(DATA.num_classes)}
+
+
+def _apply_linear(params, x):
+  return x @ params["w"] + params["b"]
+
+
+MODEL = (_init_linear, _apply_linear)  # a softmax regression: cheap to compile
 SHORT = dict(steps=20, eval_every=10, batch_size=32, progress=False, model=MODEL)
 
 
@@ -71,20 +91,28 @@ def _float_hyperparameters(factory):
   ]
 
 
-def _quadratic_runs(make_optimizer, configs, steps=5):
-  """Final parameters of `steps` updates on sum((p - 1)^2) per configuration, all vmapped."""
+def _quadratic_runs(make_optimizer, configs, steps=5, update_extras=()):
+  """Final parameters of `steps` updates per configuration, all vmapped, on the mean over a batch
+  of three targets t of sum((p - t)^2) (minimum at p = 1). `update` gets `value` and the extra
+  arguments named in `update_extras`, built from that loss and batch."""
   import jax
   import jax.numpy as jnp
+
+  targets = jnp.array([0.9, 1.0, 1.1])
+
+  def loss(params, batch):
+    per_target = lambda t: sum(jnp.sum((x - t) ** 2) for x in jax.tree.leaves(params))
+    return jnp.mean(jax.vmap(per_target)(batch))
 
   def run(config):
     optimizer = make_optimizer(**config)
     params = {"w": jnp.array([[0.5, -1.0], [2.0, 0.0]]), "b": jnp.array([0.3, -0.2])}
-    loss = lambda p: sum(jnp.sum((x - 1.0) ** 2) for x in jax.tree.leaves(p))
 
     def step(carry, _):
       params, state = carry
-      value, grads = jax.value_and_grad(loss)(params)
-      updates, state = optimizer.update(grads, state, params, value=value)
+      value, grads = jax.value_and_grad(loss)(params, targets)
+      extras = extra_update_args(update_extras, loss, params, targets)
+      updates, state = optimizer.update(grads, state, params, **{"value": value, **extras})
       return (optax.apply_updates(params, updates), state), None
 
     (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
@@ -94,14 +122,17 @@ def _quadratic_runs(make_optimizer, configs, steps=5):
   return jax.jit(jax.vmap(run))(stacked)
 
 
+@pytest.mark.scale
 @pytest.mark.parametrize("symbol", sorted(registered_optimizers()))
 def test_every_registered_optimizer_sweeps_its_hyperparameters(symbol):
   """Every float hyperparameter of every registered alias, varied one at a time in one vmapped
   program through `inject_swept` (the sweep's path), gives what the alias itself gives when its
-  hyperparameters are closed over (no injection): no value is dropped or mixed up."""
+  hyperparameters are closed over (no injection): no value is dropped or mixed up. `update` gets
+  the extra arguments the alias's registry record names (`update_extras`)."""
   import jax
 
   factory = registered_optimizers()[symbol]
+  extras = registered_update_extras(factory)
   signature = inspect.signature(factory).parameters
   if "num_iterations" in signature:  # Ranger21's schedule length: any run length will do
     factory = functools.partial(factory, num_iterations=100)
@@ -117,13 +148,9 @@ def test_every_registered_optimizer_sweeps_its_hyperparameters(symbol):
     configs.append({**base, n: base[n] * 0.5 if base[n] else 0.1})
   for config in configs:
     factory(**config)  # concrete values pass the factory's own checks
-  try:
-    injected = _quadratic_runs(sweep_module.inject_swept(factory, sorted(base)), configs)
-  except ValueError as error:
-    if "update(" in str(error):
-      pytest.skip(f"{symbol} needs extra update arguments: {error}")
-    raise
-  closed_over = _quadratic_runs(lambda **c: factory(**c), configs)
+  injected = _quadratic_runs(sweep_module.inject_swept(factory, sorted(base)), configs,
+                             update_extras=extras)
+  closed_over = _quadratic_runs(lambda **c: factory(**c), configs, update_extras=extras)
   for got, want in zip(jax.tree.leaves(injected), jax.tree.leaves(closed_over)):
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
@@ -146,6 +173,7 @@ def test_sweep_equals_fit_without_injection():
   assert result.programs == 1 and result.devices == 1
 
 
+@pytest.mark.scale
 def test_chunks_reuse_one_program_and_give_the_same_results(monkeypatch):
   configs = grid(learning_rate=[1e-3, 1e-2, 1e-1])
   whole = sweep("optax.sgd", DATA, configs, chunk_size=None, **SHORT)
@@ -285,6 +313,42 @@ def test_plots(tmp_path):
   assert len(scatter.plot().axes) == 2
 
 
+def test_update_extras_come_from_the_registry_record():
+  for method, symbol in registry.optimizer_aliases():
+    assert registered_update_extras(registry.resolve(symbol)) == tuple(
+        getattr(method, "update_extras", ())
+    ), symbol
+  assert registered_update_extras(registry.resolve("jaxlearn.optim.normalized_lr_gd")) == (
+      "margins",
+  )
+  assert registered_update_extras(optax.adam) == ()
+  with pytest.raises(ValueError, match="update_extras must be drawn from"):
+    sweep("optax.adam", DATA, grid(learning_rate=[1e-3]), update_extras=("margin",), **SHORT)
+
+
+@pytest.mark.scale
+def test_cli_sweep_gives_a_registered_optimizer_its_update_extras(tmp_path):
+  """Normalized LR+GD's `update` needs every example's margin: the sweep path (command line
+  included) builds them from its registry record, so it trains like any other optimizer."""
+  code = cli.main(["sweep", "normalized_lr_gd", "--param", "learning_rate=0.1,1.0", "--steps",
+                   "20", "--eval-every", "10", "--hidden", "8", "--out", str(tmp_path),
+                   "--no-progress"])
+  assert code == 0
+  record = json.loads((tmp_path / "sweep_normalized_lr_gd.json").read_text())
+  assert record["optimizer"] == "jaxlearn.optim.normalized_lr_gd"
+  rows = record["table"]
+  assert len(rows) == 2 and all(math.isfinite(row["final_train_loss"]) for row in rows)
+  assert rows[0]["final_train_loss"] != rows[1]["final_train_loss"]
+
+
+def test_cli_sweep_reports_bad_input(tmp_path, capsys):
+  assert cli.main(["sweep", "optax.adam", "--param", "lr=0.1", "--out", str(tmp_path)]) == 2
+  assert "has no hyperparameter(s) ['lr']" in capsys.readouterr().err
+  assert cli.main(["sweep", "optax.adam", "--param", "learning_rate=0.1", "--data", "cifar"]) == 2
+  assert "--data must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.scale
 def test_cli_sweep_writes_table_and_plot(tmp_path, capsys):
   code = cli.main(["sweep", "optax.sgd", "--param", "learning_rate=0.01,0.1", "--fixed", "momentum=0.9",
                    "--steps", "20", "--eval-every", "10", "--hidden", "16", "--out", str(tmp_path),
@@ -297,7 +361,3 @@ def test_cli_sweep_writes_table_and_plot(tmp_path, capsys):
   assert (tmp_path / "sweep_sgd.csv").read_text().startswith("learning_rate,")
   assert (tmp_path / "sweep_sgd.png").stat().st_size > 0
   assert "best final test_accuracy" in capsys.readouterr().out
-  assert cli.main(["sweep", "optax.adam", "--param", "lr=0.1", "--out", str(tmp_path)]) == 2
-  assert "has no hyperparameter(s) ['lr']" in capsys.readouterr().err
-  assert cli.main(["sweep", "optax.adam", "--param", "learning_rate=0.1", "--data", "cifar"]) == 2
-  assert "--data must be one of" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 No TPU here, so `gcloud` is replaced by a fake on PATH: with --dry-run it must never be called;
 otherwise its `tpu-vm ssh --command=...` runs the command with bash in a sandbox home (a
 "worker" whose ~/jaxlearn and ~/jaxlearn-venv are this checkout and its virtual environment) and
-its `scp` copies files, so that launch.sh and fetch.sh run a real job end to end.
+its `scp` copies files, so that launch.sh and fetch.sh run a real job end to end (those end-to-end
+runs are in the `scale` tier, `pytest -m scale`; the dry runs and checks are not).
 """
 
 import json
@@ -169,6 +170,7 @@ def test_bad_configuration_fails_with_a_message(sandbox, script, args, message):
   assert calls() == []
 
 
+@pytest.mark.scale
 def test_launch_and_fetch_run_a_real_job_on_a_fake_worker(sandbox):
   """launch.sh runs `python -m jaxlearn.launch` on the (fake) worker, in the foreground, and
   fetch.sh copies worker 0's results back: the job's JSON arrives where the scripts say."""
@@ -185,6 +187,7 @@ def test_launch_and_fetch_run_a_real_job_on_a_fake_worker(sandbox):
   assert [c[3] for c in calls()] == ["ssh", "scp"]
 
 
+@pytest.mark.scale
 def test_run_all_deletes_the_tpu_even_when_a_step_fails(sandbox):
   run, calls, _, _ = sandbox
   result = run("run_all.sh", "--name", "doomed", "--", "run", "quickstart", check=False,
