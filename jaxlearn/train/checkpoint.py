@@ -20,6 +20,10 @@ reported with a `CorruptCheckpointWarning` naming the directory and the reason, 
 `<directory>/corrupt-<step>-<time>` and skipped. Unfinished saves (orbax's
 `*.orbax-checkpoint-tmp*` directories, left when a process dies mid-save) are reported and removed.
 
+Within one process (a notebook), a job stopped by an exception or a KeyboardInterrupt finishes its
+pending background save (`settle`), and a new `Checkpointer` first waits for any save still
+pending in the same directory: the next job never races the previous one's writes.
+
 The fingerprint of an array is the wrapping uint32 sum of its raw bit patterns weighted by
 position: integer arithmetic is exact and associative, so it does not depend on how the array is
 sharded, and any changed bit changes it with high probability.
@@ -31,6 +35,7 @@ import dataclasses
 import os
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,10 +56,19 @@ PyTree = Any
 FORMAT = "jaxlearn-checkpoint/1"
 _ORBAX_TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax's suffix for a save still in progress
 _GOLDEN = np.uint32(2654435761)  # Knuth's multiplicative-hash constant (odd, so invertible)
+# This process's checkpoint managers by directory; a manager lives on while it is still saving.
+_MANAGERS: weakref.WeakValueDictionary[str, ocp.CheckpointManager] = weakref.WeakValueDictionary()
 
 
 class CorruptCheckpointWarning(UserWarning):
-  """A checkpoint directory was damaged or incomplete and was skipped."""
+  """A checkpoint directory was damaged or incomplete and was skipped.
+
+  Example:
+    >>> import warnings
+    >>> from jaxlearn.train import CorruptCheckpointWarning
+    >>> warnings.simplefilter("error", CorruptCheckpointWarning)  # fail instead of skipping
+    >>> warnings.resetwarnings()
+  """
 
 
 @dataclasses.dataclass
@@ -135,6 +149,14 @@ class Checkpointer:
     max_to_keep: how many recent checkpoints to keep (None keeps all).
     async_save: write in a background thread while training goes on (JAX arrays are immutable,
       so the next steps cannot change what is being written).
+
+  Example:
+    >>> import tempfile
+    >>> from jaxlearn.train import Checkpointer
+    >>> checkpointer = Checkpointer(tempfile.mkdtemp(), every=500)
+    >>> checkpointer.should_save(1000), checkpointer.should_save(10)
+    (True, False)
+    >>> checkpointer.close()
   """
 
   def __init__(
@@ -152,6 +174,7 @@ class Checkpointer:
     self.directory = _as_path(directory)
     self.every = every
     self.skipped: list[tuple[int | str, str]] = []  # (step or directory name, reason)
+    _finish_earlier_saves(self.directory)
     self._report_unfinished_saves()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
@@ -160,6 +183,7 @@ class Checkpointer:
         create=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    _MANAGERS[str(self.directory)] = self._manager
 
   # -- saving ---------------------------------------------------------------------------------
 
@@ -294,8 +318,33 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
+  def settle(self, *, close: bool = False) -> None:
+    """Finishes the pending background save without raising, for a job that stops early (an
+    exception, a KeyboardInterrupt): a save that fails is reported with a warning and left as an
+    unfinished step, which the next restore skips."""
+    try:
+      self.close() if close else self.wait()
+    except Exception as error:  # orbax and tensorstore raise many types
+      warnings.warn(
+          f"the pending save to {self.directory} failed ({type(error).__name__}: {error}); the "
+          "next run skips it.",
+          CorruptCheckpointWarning,
+          stacklevel=2,
+      )
+
   def __enter__(self) -> "Checkpointer":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _finish_earlier_saves(directory: epath.Path) -> None:
+  """Waits for a save that an earlier `Checkpointer` of this process still has pending in
+  `directory` (a job interrupted twice): orbax would otherwise delete its files mid-write."""
+  manager = _MANAGERS.get(str(directory))
+  if manager is not None:
+    try:
+      manager.wait_until_finished()
+    except Exception:  # a failed save leaves an unfinished step, reported and skipped below
+      pass

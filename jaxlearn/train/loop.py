@@ -24,6 +24,7 @@ cached, so repeated calls with the same functions (a sweep's chunks, a resumed r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -48,7 +49,13 @@ PyTree = Any
 
 
 class RunState(NamedTuple):
-  """The state of one training run (vmapped: every leaf gains a leading run axis)."""
+  """The state of one training run (vmapped: every leaf gains a leading run axis).
+
+  Example:
+    >>> from jaxlearn.train import RunState
+    >>> RunState._fields  # fit's result.state holds them with a leading axis of K x S runs
+    ('params', 'model_state', 'opt_state', 'key', 'step')
+  """
 
   params: PyTree
   model_state: PyTree  # non-trainable variables such as batch statistics ({} if none)
@@ -70,6 +77,16 @@ class FitResult:
       ('train_accuracy', 'test_accuracy', ...).
     state: the final `RunState`, each leaf with a leading axis of size K * S.
     wall_time_s: seconds spent, compilation included.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxlearn.train import FitResult
+    >>> result = FitResult(  # as fit returns it: 1 configuration, 2 seeds, 2 evaluations
+    ...     configs=[{"learning_rate": 0.1}], seeds=[0, 1], eval_steps=np.array([10, 20]),
+    ...     history={"test_accuracy": np.array([[[0.5, 0.8], [0.6, 0.9]]])}, state=None,
+    ...     wall_time_s=1.0)
+    >>> result.final("test_accuracy")
+    array([[0.8, 0.9]])
   """
 
   configs: list[dict[str, float]]
@@ -85,7 +102,13 @@ class FitResult:
 
 
 def grid(**values: Sequence[float]) -> list[dict[str, float]]:
-  """The Cartesian product of hyperparameter values: grid(lr=[1e-3, 1e-2], b1=[.9]) -> 2 configs."""
+  """The Cartesian product of hyperparameter values: grid(lr=[1e-3, 1e-2], b1=[.9]) -> 2 configs.
+
+  Example:
+    >>> from jaxlearn.train import grid
+    >>> grid(learning_rate=[1e-3, 1e-2], b1=[0.9])
+    [{'learning_rate': 0.001, 'b1': 0.9}, {'learning_rate': 0.01, 'b1': 0.9}]
+  """
   names = list(values)
   return [dict(zip(names, combo)) for combo in itertools.product(*values.values())]
 
@@ -266,7 +289,9 @@ def fit(
       shaped like the parameters follow them. Default: replicated.
     checkpoint: a `Checkpointer` or a directory (saved every `eval_every` steps). The run resumes
       from the newest intact checkpoint of the same run there, if any, and gives bitwise the same
-      result as an uninterrupted run on the same hardware.
+      result as an uninterrupted run on the same hardware. Stopped by an exception (a
+      KeyboardInterrupt), `fit` first lets its pending save finish, so it can be called again at
+      once in the same process.
     callback: `callback(step, metrics)` after every `eval_every` steps, metrics of shape (K, S).
     update_extras: extra arguments of the optimizer's `update` (names from
       `jaxlearn.optim.extra_args.EXTRA_ARG_NAMES`, e.g. a registry record's `update_extras`),
@@ -288,6 +313,23 @@ def fit(
   Raises:
     ValueError: for an empty `seeds` or `configs`, a bad `steps`, `batch_size`, `sampling` or
       `update_extras`, or a mesh the runs or the batch do not divide.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxlearn.data import Dataset
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(64, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)
+    >>> data = Dataset(x[:48], y[:48], x[48:], y[48:], num_classes=2)
+    >>> import optax
+    >>> from jaxlearn.train import classifier, fit, grid, mlp
+    >>> init_params, apply_fn = mlp((4,), (8,), 2)
+    >>> loss_fn, eval_fn = classifier(apply_fn)
+    >>> result = fit(loss_fn, init_params, lambda learning_rate: optax.sgd(learning_rate), data,
+    ...              steps=20, batch_size=16, eval_every=10, configs=grid(learning_rate=[0.1, 0.3]),
+    ...              seeds=[0, 1, 2], eval_fn=eval_fn, progress=False)
+    >>> result.final("test_accuracy").shape  # (2 learning rates, 3 seeds)
+    (2, 3)
   """
   if steps < 1 or eval_every < 1 or steps % eval_every:
     raise ValueError(
@@ -325,33 +367,29 @@ def fit(
   arrays = layout.put_replicated(
       [jnp.asarray(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)]
   )
-  checkpointer = _checkpointer(checkpoint, eval_every)
   run_description = {
       "configs": configs, "seeds": seeds, "batch_size": batch_size, "eval_every": eval_every,
       "n_train": n_train, "sampling": sampling,
   }
-  state, records = None, []
-  if checkpointer is not None:
-    state, records = _resume(checkpointer, init, layout, run_hparams, run_keys, run_description)
-    if len(records) > steps // eval_every:
-      raise ValueError(f"the checkpoint is at step {len(records) * eval_every} > steps={steps}")
-  if state is None:
-    state = init(run_hparams, run_keys)
   shape = (len(configs), len(seeds))
-  for index in progress_bar(
-      range(len(records), steps // eval_every), enabled=progress, desc=desc
-  ):
-    state, metrics = chunk(run_hparams, state, *arrays)
-    records.append(parallel.to_host(metrics))
-    step = (index + 1) * eval_every
-    if checkpointer is not None and checkpointer.should_save(step, final=step == steps):
-      checkpointer.save(step, state, {"run": run_description, **_records_to_json(records)})
-    if callback is not None:
-      callback(step, {name: value.reshape(shape) for name, value in records[-1].items()})
-  if checkpointer is not None:
-    checkpointer.wait()
-    if checkpointer is not checkpoint:
-      checkpointer.close()
+  with _checkpointing(checkpoint, eval_every) as checkpointer:
+    state, records = None, []
+    if checkpointer is not None:
+      state, records = _resume(checkpointer, init, layout, run_hparams, run_keys, run_description)
+      if len(records) > steps // eval_every:
+        raise ValueError(f"the checkpoint is at step {len(records) * eval_every} > steps={steps}")
+    if state is None:
+      state = init(run_hparams, run_keys)
+    for index in progress_bar(
+        range(len(records), steps // eval_every), enabled=progress, desc=desc
+    ):
+      state, metrics = chunk(run_hparams, state, *arrays)
+      records.append(parallel.to_host(metrics))
+      step = (index + 1) * eval_every
+      if checkpointer is not None and checkpointer.should_save(step, final=step == steps):
+        checkpointer.save(step, state, {"run": run_description, **_records_to_json(records)})
+      if callback is not None:
+        callback(step, {name: value.reshape(shape) for name, value in records[-1].items()})
   history = {
       name: np.stack([r[name] for r in records], axis=-1).reshape(*shape, len(records))
       for name in records[0]
@@ -366,10 +404,24 @@ def fit(
   )
 
 
-def _checkpointer(checkpoint, eval_every: int) -> Checkpointer | None:
-  if checkpoint is None or isinstance(checkpoint, Checkpointer):
-    return checkpoint
-  return Checkpointer(checkpoint, every=eval_every)
+@contextlib.contextmanager
+def _checkpointing(checkpoint, eval_every: int):
+  """The job's `Checkpointer` (None without `checkpoint`); one made here from a directory is
+  closed at the end. Its saves have landed when the block ends, also when an exception (a
+  KeyboardInterrupt) stops it: a rerun in the same process must not race a pending save."""
+  if checkpoint is None:
+    yield None
+    return
+  owned = not isinstance(checkpoint, Checkpointer)
+  checkpointer = Checkpointer(checkpoint, every=eval_every) if owned else checkpoint
+  try:
+    yield checkpointer
+  except BaseException:
+    checkpointer.settle(close=owned)  # never raises: the block's own exception goes on
+    raise
+  checkpointer.wait()
+  if owned:
+    checkpointer.close()
 
 
 def _resume(checkpointer, init, layout, run_hparams, run_keys, run_description):
@@ -412,6 +464,16 @@ def classifier(
 
   `loss(logits, labels)` gives per-example losses (default: softmax cross-entropy).
   `eval_fn` reports 'loss' and 'accuracy'.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.train import classifier, mlp
+    >>> init_params, apply_fn = mlp((4,), (8,), 3)
+    >>> loss_fn, eval_fn = classifier(apply_fn)
+    >>> params = init_params(jax.random.key(0))
+    >>> x, y = jnp.ones((5, 4)), jnp.zeros(5, jnp.int32)
+    >>> sorted(jax.jit(eval_fn)(params, x, y))
+    ['accuracy', 'loss']
   """
 
   def loss_fn(params, x, y):

@@ -13,8 +13,9 @@ plain `vmap`. `chunk_size` bounds how many configurations share one program, for
 not fit in memory at once; chunks have equal size, so they reuse one compiled program.
 
 The optimizer can be given as a factory (`optax.adam`, `jaxlearn.optim.adamp`, a lambda), a dotted
-path ('jaxlearn.optim.adamp'), a registry slug whose record has one optimizer alias, or a short
-name ('adamp', 'adam') looked up among the registered aliases and then in optax. A registered
+path ('jaxlearn.optim.adamp'), a registry slug ('lion', 'ranger21': the record's jaxlearn alias of
+that name, or its only one; 'adamp_sgdp', with two, asks which), or a short name ('adamp', 'adam')
+looked up among the registered aliases (jaxlearn's before optax's) and then in optax. A registered
 optimizer whose `update` needs more than the gradient (its record's `update_extras`, e.g.
 `margins`) gets those arguments every step, on the command line too.
 """
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 Factory = Callable[..., optax.GradientTransformation]
+_JAXLEARN = "jaxlearn.optim."  # the prefix of jaxlearn's optimizer aliases
 
 
 # -- optimizers -----------------------------------------------------------------------------------
@@ -76,7 +78,12 @@ def registered_update_extras(factory: Factory) -> tuple[str, ...]:
 
 
 def resolve_optimizer(optimizer: str | Factory) -> tuple[str, Factory]:
-  """(name, factory) for a factory, dotted path, registry slug, or registered/optax short name."""
+  """(name, factory) for a factory, dotted path, registry slug, or registered/optax short name.
+
+  A slug whose record registers several aliases stands for its jaxlearn alias (`lion` ->
+  jaxlearn.optim.lion, not optax.lion; `ranger21` -> jaxlearn.optim.ranger21); a slug with several
+  jaxlearn aliases none of which it names (`adamp_sgdp`) raises a ValueError that lists them.
+  """
   if callable(optimizer):
     return getattr(optimizer, "__name__", repr(optimizer)), optimizer
   if not isinstance(optimizer, str) or not optimizer:
@@ -89,14 +96,11 @@ def resolve_optimizer(optimizer: str | Factory) -> tuple[str, Factory]:
   aliases = registered_optimizers()
   slugs = {m.slug: m for m in registry.all_methods("optimizer")}
   if optimizer in slugs:
-    choices = [s for s in slugs[optimizer].symbols if s in aliases]
-    if len(choices) != 1:
-      raise ValueError(
-          f"registry slug {optimizer!r} has {len(choices)} optimizer aliases {choices}; "
-          "name one of them"
-      )
-    return choices[0], aliases[choices[0]]
-  by_short_name = {symbol.rpartition(".")[2]: symbol for symbol in aliases}
+    symbol = _slug_alias(optimizer, [s for s in slugs[optimizer].symbols if s in aliases])
+    return symbol, aliases[symbol]
+  by_short_name = {}  # jaxlearn's alias wins over optax's of the same name
+  for symbol in sorted(aliases, key=lambda s: s.startswith(_JAXLEARN)):
+    by_short_name[symbol.rpartition(".")[2]] = symbol
   if optimizer in by_short_name:
     return by_short_name[optimizer], aliases[by_short_name[optimizer]]
   factory = getattr(optax, optimizer, None)
@@ -105,6 +109,23 @@ def resolve_optimizer(optimizer: str | Factory) -> tuple[str, Factory]:
   raise ValueError(
       f"unknown optimizer {optimizer!r}: not a registered slug or alias "
       f"({sorted(set(slugs) | set(by_short_name))}) nor an optax optimizer"
+  )
+
+
+def _slug_alias(slug: str, choices: list[str]) -> str:
+  """The alias that registry slug `slug` stands for, among its record's optimizer aliases
+  `choices`: the only one; else jaxlearn's alias named like the slug (`ranger21`); else the only
+  jaxlearn one (`lion`: jaxlearn.optim.lion, not optax.lion)."""
+  ours = [s for s in choices if s.startswith(_JAXLEARN)]
+  for candidates in (choices, [s for s in ours if s == _JAXLEARN + slug], ours):
+    if len(candidates) == 1:
+      return candidates[0]
+  named = ours or choices
+  if not named:
+    raise ValueError(f"registry slug {slug!r} has no optimizer alias")
+  raise ValueError(
+      f"registry slug {slug!r} has {len(named)} optimizer aliases ({', '.join(named)}); name one "
+      f"of them, e.g. {named[0].rpartition('.')[2]!r}"
   )
 
 
@@ -182,7 +203,14 @@ def _classifier(apply_fn: Callable) -> tuple[Callable, Callable]:
 
 @dataclasses.dataclass(frozen=True)
 class LogUniform:
-  """Samples log-uniformly in [low, high] (both > 0): learning rates, weight decays, epsilons."""
+  """Samples log-uniformly in [low, high] (both > 0): learning rates, weight decays, epsilons.
+
+  Example:
+    >>> from jaxlearn.train import LogUniform, random_search
+    >>> configs = random_search(4, learning_rate=LogUniform(1e-4, 1e-1), seed=0)
+    >>> all(1e-4 <= c["learning_rate"] <= 1e-1 for c in configs)
+    True
+  """
 
   low: float
   high: float
@@ -197,7 +225,14 @@ class LogUniform:
 
 @dataclasses.dataclass(frozen=True)
 class Uniform:
-  """Samples uniformly in [low, high): betas, momenta."""
+  """Samples uniformly in [low, high): betas, momenta.
+
+  Example:
+    >>> from jaxlearn.train import Uniform, random_search
+    >>> configs = random_search(4, b1=Uniform(0.8, 0.99), seed=0)
+    >>> all(0.8 <= c["b1"] < 0.99 for c in configs)
+    True
+  """
 
   low: float
   high: float
@@ -215,6 +250,13 @@ def random_search(num: int, *, seed: int = 0, **space: Any) -> list[dict[str, fl
 
   Each value of `space` is a `LogUniform`, a `Uniform`, or a sequence of choices; e.g.
   `random_search(16, learning_rate=LogUniform(1e-4, 1e-1), b1=Uniform(0.8, 0.99))`.
+
+  Example:
+    >>> from jaxlearn.train import LogUniform, Uniform, random_search
+    >>> configs = random_search(3, learning_rate=LogUniform(1e-4, 1e-2), b1=Uniform(0.8, 0.99),
+    ...                         weight_decay=[0.0, 1e-4])
+    >>> sorted(configs[0])
+    ['b1', 'learning_rate', 'weight_decay']
   """
   if isinstance(num, bool) or not isinstance(num, int) or num < 1:
     raise ValueError(f"num must be an integer >= 1, got {num!r}")
@@ -253,6 +295,17 @@ class SweepResult:
     wall_time_s: seconds, compilation included.
     programs: how many chunks (compiled-program calls) the grid took.
     devices: how many devices shared the runs.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxlearn.train import SweepResult
+    >>> result = SweepResult(  # as sweep returns it: 2 configurations, 1 seed, 1 evaluation
+    ...     optimizer="optax.sgd", names=["learning_rate"],
+    ...     configs=[{"learning_rate": 0.1}, {"learning_rate": 0.3}], seeds=[0],
+    ...     eval_steps=np.array([100]), history={"test_accuracy": np.array([[[0.7]], [[0.9]]])},
+    ...     wall_time_s=1.0, programs=1, devices=1)
+    >>> result.best("test_accuracy")["learning_rate"]
+    0.3
   """
 
   optimizer: str

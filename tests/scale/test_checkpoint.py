@@ -1,4 +1,5 @@
-"""Checkpoints: exact round trips, resume inside `fit`, damaged directories skipped, no pickle.
+"""Checkpoints: exact round trips, resume inside `fit` (also after an interrupt in the same
+process), damaged directories skipped, no pickle.
 
 The resume of an MLP sweep on digits is in the `scale` tier (`pytest -m scale`); a small model's
 resume, mid-epoch and with per-example state, stays in the default suite.
@@ -6,6 +7,7 @@ resume, mid-epoch and with per-example state, stays in the default suite.
 
 import json
 import pickle
+import time
 import warnings
 
 import jax
@@ -130,6 +132,25 @@ def test_partial_and_unfinished_directories_are_skipped(tmp_path):
   assert any("20 is corrupt or incomplete" in m for m in messages)
 
 
+def test_a_new_checkpointer_waits_for_a_save_still_pending_in_its_directory(tmp_path, monkeypatch):
+  """A save left pending in this process (a job interrupted twice, before it could finish it)
+  lands before a new `Checkpointer` cleans the directory up."""
+  import orbax.checkpoint as ocp
+
+  finalize = ocp.CheckpointManager._finalize
+  monkeypatch.setattr(ocp.CheckpointManager, "_finalize", lambda self, *args: (
+      time.sleep(0.5), finalize(self, *args)))
+  abandoned = Checkpointer(tmp_path, every=1)
+  abandoned.save(3, _state())  # neither waited for nor closed
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", CorruptCheckpointWarning)
+    with Checkpointer(tmp_path, every=1) as checkpointer:
+      restored = checkpointer.restore_latest(_abstract(_state()))
+  assert restored.step == 3
+  _assert_bitwise(restored.state, _state())
+  abandoned.close()
+
+
 def test_a_different_run_is_an_error_not_a_silent_fallback(tmp_path):
   _save_steps(tmp_path)
   with Checkpointer(tmp_path, every=10) as checkpointer:
@@ -183,14 +204,27 @@ def _assert_resumes_exactly(tmp_path, loss_fn, init_params, make, data, steps, s
     np.testing.assert_array_equal(resumed.history[name], whole.history[name])
 
 
+def _tiny_problem():
+  """20 examples of 3 features, 2 classes."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(20, 3)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  return Dataset(x, y, x[:4], y[:4], 2)
+
+
+def _tiny_init(key):
+  return {"w": 0.1 * jax.random.normal(key, (3,))}
+
+
+def _tiny_loss(params, x, y):
+  return optax.sigmoid_binary_cross_entropy(x @ params["w"], y).mean()
+
+
 def test_fit_resumes_exactly_mid_epoch_with_per_example_state(tmp_path):
   """Epochs without replacement (3 batches of 6 from 20 examples) and a per-example buffer written
   at the batch's `indices`, as ELR keeps its targets: stopped mid-epoch (step 4), resumed into the
   next epoch (steps 6-8), equal to the uninterrupted run."""
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(20, 3)).astype(np.float32)
-  y = (x[:, 0] > 0).astype(np.int32)
-  data = Dataset(x, y, x[:4], y[:4], 2)
+  data = _tiny_problem()
 
   def init_params(key):
     del key  # no PRNG draw to compile: the seeds still pick the batches
@@ -212,6 +246,43 @@ def test_fit_resumes_exactly_mid_epoch_with_per_example_state(tmp_path):
   with pytest.raises(ValueError, match="different run: its 'run'.*'sampling': 'replacement'"):
     fit(loss_fn, init_params, make, data, steps=8, checkpoint=tmp_path, sampling="replacement",
         **common)
+
+
+def test_fit_interrupted_while_saving_resumes_exactly_in_the_same_process(tmp_path, monkeypatch):
+  """A KeyboardInterrupt (a notebook's stop button) right after `fit` started an asynchronous
+  save, then `fit` again at once: the pending save lands before the rerun opens the directory
+  (no race with orbax's clean-up, no skipped step), and the result is bitwise the uninterrupted
+  one."""
+  import orbax.checkpoint as ocp
+
+  data, common = _tiny_problem(), dict(
+      eval_every=2, batch_size=6, configs=grid(learning_rate=[0.1, 0.5]), seeds=[0, 1],
+      progress=False)
+  args = (_tiny_loss, _tiny_init, optax.adam, data)
+  whole = fit(*args, steps=8, **common)
+
+  def interrupt(step, metrics):
+    if step == 4:
+      pending.extend(p.name for p in tmp_path.iterdir() if "orbax-checkpoint-tmp" in p.name)
+      raise KeyboardInterrupt
+
+  finalize, pending = ocp.CheckpointManager._finalize, []
+  # orbax's (private) last stage of a save: step 4's takes a while, as a large state's would.
+  with monkeypatch.context() as patch:
+    patch.setattr(ocp.CheckpointManager, "_finalize", lambda self, step, *rest: (
+        time.sleep(0.5 if step == 4 else 0), finalize(self, step, *rest)))
+    with pytest.raises(KeyboardInterrupt):
+      fit(*args, steps=8, checkpoint=tmp_path, callback=interrupt, **common)
+  assert [name.split(".")[0] for name in pending] == ["4"]  # stopped while step 4 was written
+  seen = []
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", CorruptCheckpointWarning)
+    resumed = fit(*args, steps=8, checkpoint=tmp_path, callback=lambda s, m: seen.append(s),
+                  **common)
+  assert seen == [6, 8]  # resumed from the save that was pending
+  _assert_bitwise(resumed.state, whole.state)
+  for name in whole.history:
+    np.testing.assert_array_equal(resumed.history[name], whole.history[name])
 
 
 @pytest.mark.scale

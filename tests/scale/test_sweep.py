@@ -71,16 +71,44 @@ def _unregistered_optax_name():
   return next(n for n in ("adamax", "nadam", "rmsprop", "adagrad", "yogi", "sm3") if n not in taken)
 
 
-def test_slug_with_several_aliases_asks_for_one():
-  from jaxlearn import registry
+def test_a_slug_stands_for_its_jaxlearn_alias():
+  """A record that registers optax's alias too (`also=`), or several jaxlearn ones, one of them
+  named like the slug: the slug resolves to jaxlearn's."""
+  import jaxlearn.optim as jo
 
+  assert resolve_optimizer("lion") == ("jaxlearn.optim.lion", jo.lion)
+  assert resolve_optimizer("novograd") == ("jaxlearn.optim.novograd", jo.novograd)
+  assert resolve_optimizer("ranger21") == ("jaxlearn.optim.ranger21", jo.ranger21)
+  assert resolve_optimizer("sgdp") == ("jaxlearn.optim.sgdp", jo.sgdp)
+  with pytest.raises(ValueError, match=r"'adamp_sgdp' has 2 optimizer aliases "
+                     r"\(jaxlearn\.optim\.adamp, jaxlearn\.optim\.sgdp\); name one of them"):
+    resolve_optimizer("adamp_sgdp")
+
+
+def test_every_slug_resolves_or_lists_its_jaxlearn_aliases():
+  aliases = registered_optimizers()
   for method in registry.all_methods("optimizer"):
-    aliases = [s for s in method.symbols if s in registered_optimizers()]
-    if len(aliases) > 1:
-      with pytest.raises(ValueError, match=f"{method.slug!r} has {len(aliases)} optimizer aliases"):
+    ours = [s for s in method.symbols if s in aliases and s.startswith("jaxlearn.optim.")]
+    if f"jaxlearn.optim.{method.slug}" in ours or len(ours) == 1:
+      name, factory = resolve_optimizer(method.slug)
+      assert name in ours and factory is aliases[name], method.slug
+    elif ours:
+      with pytest.raises(ValueError, match=f"{method.slug!r} has {len(ours)} optimizer aliases"):
         resolve_optimizer(method.slug)
-    elif len(aliases) == 1:
-      assert resolve_optimizer(method.slug)[0] == aliases[0]
+
+
+def test_cli_sweep_accepts_the_slugs_its_error_lists(capsys):
+  """`jaxlearn sweep ranger21` gets past the optimizer's name (to a bad --param, before any
+  training), and the names the unknown-optimizer error offers all resolve but 'adamp_sgdp'."""
+  assert cli.main(["sweep", "ranger21", "--param", "lr=0.1"]) == 2
+  assert "jaxlearn.optim.ranger21 has no hyperparameter(s) ['lr']" in capsys.readouterr().err
+  with pytest.raises(ValueError, match=r"unknown optimizer 'nope': .*\[(.*)\]") as error:
+    resolve_optimizer("nope")
+  offered = [n.strip(" '") for n in error.value.args[0].split("[")[1].split("]")[0].split(",")]
+  assert {"lion", "novograd", "ranger21", "adamp_sgdp"} <= set(offered)
+  for name in offered:
+    if name != "adamp_sgdp":
+      assert resolve_optimizer(name)[0].startswith("jaxlearn.optim."), name
 
 
 def _float_hyperparameters(factory):
