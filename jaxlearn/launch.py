@@ -35,6 +35,8 @@ from typing import Sequence
 
 from jaxlearn._commands import add_sweep_arguments, experiment_names
 
+__all__ = ["main", "build_parser"]
+
 ENV_PREFIX = "JAXLEARN_"
 
 

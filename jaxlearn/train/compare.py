@@ -16,6 +16,8 @@ import optax
 from jaxlearn.data import Dataset
 from jaxlearn.train.loop import fit, grid
 
+__all__ = ["Entry", "required_arguments", "compare_optimizers", "print_table", "plot_curves"]
+
 
 class Entry(NamedTuple):
   label: str

@@ -12,9 +12,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+__all__ = ["MLP", "mlp"]
+
 
 class MLP(nn.Module):
-  """A multilayer perceptron: Dense -> activation, repeated, then a linear read-out."""
+  """A multilayer perceptron: Dense -> activation, repeated, then a linear read-out.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.train import MLP
+    >>> model = MLP(hidden=(16,), num_outputs=3)
+    >>> variables = model.init(jax.random.key(0), jnp.ones((2, 4)))
+    >>> model.apply(variables, jnp.ones((2, 4))).shape
+    (2, 3)
+  """
 
   hidden: Sequence[int]
   num_outputs: int
@@ -34,7 +45,15 @@ def mlp(
     num_outputs: int,
     activation: Callable[[jax.Array], jax.Array] = nn.relu,
 ):
-  """`(init_params, apply_fn)` for an `MLP` taking inputs of shape (batch, *input_shape)."""
+  """`(init_params, apply_fn)` for an `MLP` taking inputs of shape `(batch, *input_shape)`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.train import mlp
+    >>> init_params, apply_fn = mlp((8, 8), (16,), 10)  # inputs (batch, 8, 8), flattened
+    >>> apply_fn(init_params(jax.random.key(0)), jnp.ones((2, 8, 8))).shape
+    (2, 10)
+  """
   model = MLP(tuple(hidden), num_outputs, activation)
   dummy = jnp.zeros((1, *input_shape), jnp.float32)
   init_params = lambda key: model.init(key, dummy)["params"]

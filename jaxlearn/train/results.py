@@ -18,11 +18,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+__all__ = ["experiment_parser", "experiment_main", "library_versions", "to_jsonable", "new_figure", "save_result"]
+
 DEFAULT_OUT = Path("results")
 
 
 def experiment_parser(description: str) -> argparse.ArgumentParser:
-  """The flags every experiment accepts: --quick, --out, --seed."""
+  """The flags every experiment accepts: --quick, --out, --seed.
+
+  Example:
+    >>> from jaxlearn.train import experiment_parser
+    >>> args = experiment_parser("a toy experiment").parse_args(["--quick"])
+    >>> args.quick, args.seed
+    (True, 0)
+  """
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument(
       "--quick", action="store_true", help="tiny smoke run (seconds); cannot test the claim"
@@ -35,7 +44,17 @@ def experiment_parser(description: str) -> argparse.ArgumentParser:
 def experiment_main(
     run: Callable[..., dict[str, Any]], description: str, argv: Sequence[str] | None = None
 ) -> dict[str, Any]:
-  """Parses the shared flags and calls `run(quick=, out=, seed=)`; returns its record."""
+  """Parses the shared flags and calls `run(quick=, out=, seed=)`; returns its record.
+
+  Example:
+    >>> import tempfile
+    >>> from jaxlearn.train import experiment_main
+    >>> def run(quick, out, seed):
+    ...   return {"quick": quick, "seed": seed}
+    >>> experiment_main(run, "a toy experiment", ["--quick", "--seed", "3",
+    ...                                         "--out", tempfile.mkdtemp()])
+    {'quick': True, 'seed': 3}
+  """
   args = experiment_parser(description).parse_args(argv)
   return run(quick=args.quick, out=args.out, seed=args.seed)
 
@@ -71,7 +90,14 @@ def to_jsonable(value: Any) -> Any:
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.8):
-  """A matplotlib figure on the headless Agg backend."""
+  """A matplotlib figure on the headless Agg backend.
+
+  Example:
+    >>> from jaxlearn.train import new_figure
+    >>> fig, axes = new_figure(ncols=2)
+    >>> axes.shape  # always 2-D: axes[row, column]
+    (1, 2)
+  """
   import matplotlib
 
   matplotlib.use("Agg")
@@ -97,7 +123,24 @@ def save_result(
     figure: Any,
     quick: bool,
 ) -> dict[str, Any]:
-  """Writes `<out>/<name>.json` and `<out>/<name>.png`, prints a summary, returns the record."""
+  """Writes `<out>/<name>.json` and `<out>/<name>.png`, prints a summary, returns the record.
+
+  Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from jaxlearn.train import new_figure, save_result
+    >>> fig, ax = new_figure()
+    >>> record = save_result(
+    ...     "toy", Path(tempfile.mkdtemp()), claim="x helps", measured="it did", claim_held=True,
+    ...     config={}, metrics={"accuracy": 0.9}, seeds=[0], wall_time_s=1.0, figure=fig,
+    ...     quick=True)
+    [toy] paper claim: x helps
+    [toy] measured:    it did
+    [toy] claim undecided (quick smoke run)
+    [toy] wrote ...toy.json and ...toy.png
+    >>> record["claim_held"] is None  # a quick smoke run cannot decide the claim
+    True
+  """
   import matplotlib.pyplot as plt
 
   out = Path(out)
