@@ -18,7 +18,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["experiment_parser", "experiment_main", "library_versions", "to_jsonable", "new_figure", "save_result"]
+__all__ = [
+    "experiment_parser", "experiment_main", "library_versions", "to_jsonable", "new_figure",
+    "save_result",
+]
 
 DEFAULT_OUT = Path("results")
 
