@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -86,3 +87,32 @@ def check_positive_int(name: str, value: Any) -> None:
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
   if value not in choices:
     raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_bool(name: str, value: Any) -> None:
+  """For flags such as `nesterov`: True or False, not a truthy string or number."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_float_dtype(name: str, dtype: Any) -> None:
+  """None or a floating-point (or complex) dtype, e.g. `mu_dtype`: an integer state would round
+  every moment update to zero."""
+  if dtype is None:
+    return
+  try:
+    resolved = jnp.dtype(dtype)
+  except TypeError:
+    raise ValueError(f"{name} must be None or a floating-point dtype, got {dtype!r}") from None
+  if not jnp.issubdtype(resolved, jnp.inexact):
+    raise ValueError(f"{name} must be None or a floating-point dtype, got {dtype!r}")
+
+
+def check_axis(name: str, axis: int, ndim: int) -> int:
+  """Returns `axis` in [0, ndim), or raises unless -ndim <= axis < ndim (no silent wrap-around)."""
+  if not -ndim <= axis < ndim:
+    raise ValueError(
+        f"{name}={axis} is out of range for an array with {ndim} dimensions "
+        f"(allowed: {-ndim} to {ndim - 1})"
+    )
+  return axis % ndim

@@ -26,7 +26,7 @@ from jaxlearn.optim.ranger21 import ranger21, ranger21_schedule
 from jaxlearn.optim.orthograd import orthogonalize_gradients, orthogonalize_leaf
 from jaxlearn.optim.anchor import DecayToAnchorState, anchor_penalty, decay_to_anchor, fisher_diagonal, set_anchor
 from jaxlearn.optim.hft import HalfFineTuningState, half_fine_tuning
-from jaxlearn.optim.sora import sora
+from jaxlearn.optim.sora import sora, sora_gate_penalty
 
 __all__ = [
     "decayed_weights",
@@ -101,6 +101,7 @@ __all__ = [
     "HalfFineTuningState",
     "half_fine_tuning",
     "sora",
+    "sora_gate_penalty",
     "soft_threshold",
     "soft_threshold_leaf",
 ]

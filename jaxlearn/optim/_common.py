@@ -6,7 +6,8 @@
 - The dtype policy: state in float32 or wider (`wide_dtype`, `state_zeros`), updates returned in
   each gradient's dtype; `compute_in_float32` gives any optax transform that policy.
 - Moments: exponential moving averages and their bias corrections.
-- Checks every transform that reads the weights needs (`require_params`, masks, channel axes).
+- Checks every transform that reads the weights needs (`require_params`, `check_params`: update
+  shapes equal to the parameters', floating-point dtypes; masks, channel axes).
 - Weight decay in two forms: decoupled L2 (`decayed_weights`) and proximal L1 (`soft_threshold`).
 """
 
@@ -61,16 +62,37 @@ def decayed_weights(
 
   Always the same transform, even for weight_decay=0, so the state structure does not depend on a
   hyperparameter's value (that would break optax.inject_hyperparams under jit).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import decayed_weights
+    >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    >>> opt = optax.chain(optax.scale_by_adam(), decayed_weights(1e-2, {"w": True, "b": False}),
+    ...                   optax.scale_by_learning_rate(1e-3))
+    >>> updates, _ = opt.update({"w": jnp.zeros(2), "b": jnp.zeros(2)}, opt.init(params), params)
   """
   _checks.check_non_negative("weight_decay", weight_decay)
   check_mask(mask)
-  return optax.add_decayed_weights(weight_decay, mask)
+  return with_params_check(optax.add_decayed_weights(weight_decay, mask), "decayed_weights")
 
 
 def learning_rate_step(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
   """`optax.scale_by_learning_rate` (multiplies by -lr) after checking lr >= 0."""
   _checks.check_non_negative("learning_rate", learning_rate)
-  return optax.scale_by_learning_rate(learning_rate)
+  return with_params_check(optax.scale_by_learning_rate(learning_rate), "learning_rate_step")
+
+
+def with_params_check(
+    inner: optax.GradientTransformation, name: str
+) -> optax.GradientTransformationExtraArgs:
+  """`inner`, same state, whose `update` first runs `check_params` (named `name`) on its params."""
+  inner = optax.with_extra_args_support(inner)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    check_params(updates, params, name)
+    return inner.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
 def alias(
@@ -99,6 +121,16 @@ def inject_hyperparams(
   Here every argument whose name ends in `mask`, and every keyword-only argument (jaxlearn's
   convention for non-numeric options: `nesterov`, `channel_axis`...), is passed through untouched;
   the numeric hyperparameters before the `*` are injected.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn import optim
+    >>> matrices = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    >>> opt = optim.inject_hyperparams(optim.adamp)(1e-3, weight_decay=1e-2,
+    ...                                              weight_decay_mask=matrices)
+    >>> state = opt.init({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)})
+    >>> sorted(state.hyperparams)  # the mask stays static
+    ['b1', 'b2', 'delta', 'eps', 'learning_rate', 'wd_ratio', 'weight_decay']
   """
   if isinstance(static_args, str):
     static_args = (static_args,)
@@ -154,6 +186,16 @@ def compute_in_float32(
 
   Returns:
     A `GradientTransformationExtraArgs` with the same state as `inner`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import compute_in_float32
+    >>> opt = compute_in_float32(optax.adam(1e-3))
+    >>> params = {"w": jnp.ones(3, jnp.bfloat16)}
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.ones(3, jnp.bfloat16)}, state, params)
+    >>> state[0].mu["w"].dtype, updates["w"].dtype
+    (dtype('float32'), dtype(bfloat16))
   """
   inner = optax.with_extra_args_support(inner)
 
@@ -227,11 +269,42 @@ def debias(moments: optax.Updates, decay, count) -> optax.Updates:
 # Checks and helpers of transforms that read the weights.
 
 
-def require_params(params: optax.Params | None, name: str, why: str = "") -> None:
-  """Raises a ValueError naming `name` when `update` was called without `params`."""
+def require_params(
+    params: optax.Params | None, name: str, why: str = "", *, updates: optax.Updates = None
+) -> None:
+  """Raises a ValueError naming `name` when `update` was called without `params`; with `updates`,
+  also runs `check_params`."""
   if params is None:
     reason = f" ({why})" if why else ""
     raise ValueError(f"{name} needs params: call update(updates, state, params){reason}.")
+  if updates is not None:
+    check_params(updates, params, name)
+
+
+def check_params(updates: optax.Updates, params: optax.Params | None, name: str) -> None:
+  """Raises a ValueError naming `name` and the leaf unless `updates` fit `params` exactly.
+
+  Every update leaf must have its parameter's shape (a shape that merely broadcasts would change
+  the parameter's shape in `optax.apply_updates`), and both must be floating point or complex
+  (an integer parameter would truncate every step: 5 - 0.1 -> 4). Shapes and dtypes are static
+  under jit, so the check costs nothing at run time. Nothing is checked when `params` is None.
+  """
+  if params is None:
+    return
+
+  def leaf(path, u, p):
+    where = jax.tree_util.keystr(path)
+    for label, x in (("params", p), ("updates", u)):
+      dtype = x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
+      if not jnp.issubdtype(dtype, jnp.inexact):
+        raise ValueError(f"{name}: {label}{where} has dtype {dtype}; jaxlearn optimizers need "
+                         "floating-point (or complex) params and updates")
+    u_shape, p_shape = tuple(np.shape(u)), tuple(np.shape(p))
+    if u_shape != p_shape:
+      raise ValueError(f"{name}: updates{where} has shape {u_shape} but params{where} has "
+                       f"shape {p_shape}; each update must have its parameter's shape")
+
+  jax.tree_util.tree_map_with_path(leaf, updates, params)
 
 
 def decay_flags(mask: MaskOrFn | None, params: optax.Params) -> Any:
@@ -252,8 +325,9 @@ def check_channel_axis(channel_axis) -> None:
 
 
 def unit_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
-  """The axes a per-unit reduction runs over: every axis but the output-unit axis."""
-  axis = channel_axis % ndim
+  """The axes a per-unit reduction runs over: every axis but the output-unit axis (which must
+  exist: -ndim <= channel_axis < ndim)."""
+  axis = _checks.check_axis("channel_axis", channel_axis, ndim)
   return tuple(a for a in range(ndim) if a != axis)
 
 
@@ -262,7 +336,14 @@ def unit_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
 
 
 def soft_threshold_leaf(x: jax.Array, threshold) -> jax.Array:
-  """sign(x) · max(|x| − threshold, 0), the proximal operator of threshold · ‖x‖₁."""
+  """`sign(x) · max(|x| − threshold, 0)`, the proximal operator of threshold · ‖x‖₁.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import soft_threshold_leaf
+    >>> print(soft_threshold_leaf(jnp.array([0.5, 0.01, -0.3]), 0.05))
+    [ 0.45  0.   -0.25]
+  """
   return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
 
 
@@ -279,13 +360,22 @@ def soft_threshold(
   Returns:
     A stateless `optax.GradientTransformationExtraArgs` whose `update` requires `params`; use it
     last in a chain, after the learning-rate step.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import soft_threshold
+    >>> params = {"gate": jnp.array([0.5, 0.01, -0.3])}
+    >>> opt = optax.chain(optax.sgd(0.1), soft_threshold(0.05))  # last: after the lr step
+    >>> updates, _ = opt.update({"gate": jnp.zeros(3)}, opt.init(params), params)
+    >>> print(optax.apply_updates(params, updates)["gate"])  # small entries become exactly 0
+    [ 0.45  0.   -0.25]
   """
   _checks.check_non_negative("threshold", threshold)
   check_mask(mask, "mask")
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    require_params(params, "soft_threshold")
+    require_params(params, "soft_threshold", updates=updates)
 
     def prox_update(u, p):
       dtype = wide_dtype(jnp.promote_types(u.dtype, p.dtype))

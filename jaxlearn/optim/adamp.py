@@ -72,6 +72,13 @@ class ScaleByAdamPState(NamedTuple):
     count: number of updates so far (int32), for the bias corrections.
     mu: first moment of the gradients (float32 or wider).
     nu: second moment of the gradients (float32 or wider).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_adamp
+    >>> state = scale_by_adamp().init({"w": jnp.ones((3, 2), jnp.bfloat16)})
+    >>> state.count, state.mu["w"].dtype
+    (Array(0, dtype=int32), dtype('float32'))
   """
 
   count: jax.Array
@@ -84,6 +91,13 @@ class ScaleBySGDPState(NamedTuple):
 
   Attributes:
     momentum: the momentum buffer `b_t` (float32 or wider), never projected (paper, Alg. 1).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_sgdp
+    >>> state = scale_by_sgdp(momentum=0.9).init({"w": jnp.ones((3, 2), jnp.bfloat16)})
+    >>> state.momentum["w"].dtype
+    dtype('float32')
   """
 
   momentum: optax.Updates
@@ -123,8 +137,17 @@ def project_scale_invariant(
   Returns:
     `(projected_direction, is_scale_invariant)`, the latter a boolean scalar. The channel view is
     tried first; the whole-leaf view only if the channel view does not detect invariance.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import project_scale_invariant
+    >>> w = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> g = jnp.array([[0.0, 1.0], [1.0, 0.0]])  # orthogonal to w: w looks scale-invariant
+    >>> direction, invariant = project_scale_invariant(w + g, w, g, delta=0.1, eps=1e-8)
+    >>> invariant
+    Array(True, dtype=bool)
   """
-  axis = channel_axis % param.ndim
+  axis = _checks.check_axis("channel_axis", channel_axis, param.ndim)
   per_channel = _common.unit_axes(param.ndim, channel_axis)
   channel_size = param.size // param.shape[axis]
   sums = [jnp.sum(a * b, axis=per_channel, keepdims=True)
@@ -237,6 +260,14 @@ def scale_by_adamp(
     A `GradientTransformationExtraArgs` whose `update` requires `params`; its state is a
     `ScaleByAdamPState`.
 
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_adamp
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_adamp(weight_decay=1e-4), optax.scale_by_learning_rate(1e-2))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+
   References:
     Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
     Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
@@ -244,6 +275,7 @@ def scale_by_adamp(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _check_common(eps, delta, wd_ratio, weight_decay, weight_decay_mask)
+  _checks.check_bool("nesterov", nesterov)
   channel_axis = _check_channel_axis(channel_axis)
 
   def init_fn(params):
@@ -255,7 +287,7 @@ def scale_by_adamp(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "scale_by_adamp", _NEEDS_PARAMS)
+    _common.require_params(params, "scale_by_adamp", _NEEDS_PARAMS, updates=updates)
     count = optax.safe_increment(state.count)
     step = count.astype(jnp.float32)
     correction1 = _common.bias_correction(b1, step)
@@ -323,6 +355,14 @@ def scale_by_sgdp(
     A `GradientTransformationExtraArgs` whose `update` requires `params`; its state is a
     `ScaleBySGDPState`.
 
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_sgdp
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_sgdp(momentum=0.9), optax.scale_by_learning_rate(0.1))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+
   References:
     Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
     Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
@@ -330,6 +370,7 @@ def scale_by_sgdp(
   _checks.check_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   _checks.check_range("dampening", dampening, 0.0, 1.0)
   _check_common(eps, delta, wd_ratio, weight_decay, weight_decay_mask)
+  _checks.check_bool("nesterov", nesterov)
   channel_axis = _check_channel_axis(channel_axis)
 
   def init_fn(params):
@@ -337,7 +378,7 @@ def scale_by_sgdp(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "scale_by_sgdp", _NEEDS_PARAMS)
+    _common.require_params(params, "scale_by_sgdp", _NEEDS_PARAMS, updates=updates)
     buffers = jax.tree.map(
         lambda g, b: (momentum * b + (1.0 - dampening) * g.astype(b.dtype)).astype(b.dtype),
         updates,
@@ -446,6 +487,16 @@ def sgdp(
 
   Returns:
     A `GradientTransformationExtraArgs`; `update` requires `params`.
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import sgdp
+    >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> opt = sgdp(0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    >>> state = opt.init(params)
+    >>> grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.ones(2)}
+    >>> updates, state = opt.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
   References:
     Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
     Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021; code: github.com/clovaai/AdamP.

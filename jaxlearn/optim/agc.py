@@ -63,7 +63,7 @@ def adaptive_grad_clip(
   Nesterov momentum after it).
 
   Args:
-    clipping: λ, the largest allowed ratio ‖G_i‖ / ‖W_i‖*, > 0. The paper tunes it with the batch
+    clipping: λ, the largest allowed ratio `‖G_i‖ / ‖W_i‖*`, > 0. The paper tunes it with the batch
       size (0.01 at batch 4096 for NFNet-F models; larger for smaller batches).
     eps: ε, the floor of the weight norm that lets zero-initialized weights move, >= 0.
     axis: the reduction axes of every leaf (one norm per slice over them); None picks them from
@@ -71,6 +71,14 @@ def adaptive_grad_clip(
 
   Returns:
     A `GradientTransformationExtraArgs` (updates keep the gradients' dtype).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import adaptive_grad_clip
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(adaptive_grad_clip(0.01), optax.sgd(0.1, momentum=0.9, nesterov=True))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 10.0)}, state, params)
 
   References:
     Brock et al., `High-Performance Large-Scale Image Recognition Without Normalization
@@ -84,11 +92,12 @@ def adaptive_grad_clip(
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    _common.require_params(params, "adaptive_grad_clip")
+    _common.require_params(params, "adaptive_grad_clip", updates=updates)
     clip = lambda g, w: _clip_unitwise(g, w, clipping, eps, _unit_axes(w, axis))
     return jax.tree.map(clip, updates, params), state
 
-  return _common.compute_in_float32(optax.GradientTransformation(init_fn, update_fn))
+  transform = _common.compute_in_float32(optax.GradientTransformation(init_fn, update_fn))
+  return _common.with_params_check(transform, "adaptive_grad_clip")
 
 
 def _unit_axes(w: jax.Array, axis: Any) -> Any:

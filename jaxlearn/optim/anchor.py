@@ -47,7 +47,15 @@ PyTree = Any
 
 
 class DecayToAnchorState(NamedTuple):
-  """anchor: θ*, float32 or wider; anchor_importance: F (EWC) or None (L2)."""
+  """anchor: θ*, float32 or wider; anchor_importance: F (EWC) or None (L2).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import decay_to_anchor
+    >>> state = decay_to_anchor(0.1).init({"w": jnp.ones(2)})
+    >>> state.anchor_importance is None  # plain L2 (weighted=False)
+    True
+  """
 
   anchor: PyTree
   anchor_importance: PyTree
@@ -73,6 +81,16 @@ def decay_to_anchor(
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose `update` requires `params`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import decay_to_anchor, set_anchor
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(decay_to_anchor(0.1), optax.sgd(0.1))
+    >>> state = set_anchor(opt.init(params), params)  # after task 1: remember theta*
+    >>> updates, state = opt.update({"w": jnp.zeros((3, 2))}, state, {"w": jnp.full((3, 2), 2.0)})
+    >>> updates["w"][0, 0]  # pulled back towards the anchor: -0.1 * 0.1 * (2 - 1)
+    Array(-0.01, dtype=float32)
   """
   if callable(strength):
     raise ValueError(
@@ -80,6 +98,7 @@ def decay_to_anchor(
         f"change it during training), got {strength!r}"
     )
   _checks.check_non_negative("strength", strength)
+  _checks.check_bool("weighted", weighted)
   _common.check_mask(mask, "mask")
 
   def init_fn(params):
@@ -95,7 +114,7 @@ def decay_to_anchor(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "decay_to_anchor")
+    _common.require_params(params, "decay_to_anchor", updates=updates)
     trees = (updates, params, state.anchor)
     if weighted:
       trees += (state.anchor_importance,)
@@ -112,6 +131,15 @@ def set_anchor(opt_state: PyTree, params: PyTree, importance: PyTree | None = No
 
   Works on any optimizer state containing a `DecayToAnchorState` (inside chains, `optax.masked`,
   `inject_hyperparams`). `importance` is required by, and only accepted for, weighted (EWC) states.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import decay_to_anchor, set_anchor
+    >>> params = {"w": jnp.ones(2)}
+    >>> opt = optax.chain(decay_to_anchor(0.1, weighted=True), optax.adam(1e-3))
+    >>> state = set_anchor(opt.init(params), params, importance={"w": jnp.array([1.0, 0.0])})
+    >>> state[0].anchor_importance["w"]
+    Array([1., 0.], dtype=float32)
   """
 
   def replace(node):
@@ -134,7 +162,14 @@ def set_anchor(opt_state: PyTree, params: PyTree, importance: PyTree | None = No
 
 
 def anchor_penalty(params: PyTree, anchor: PyTree, strength, importance: PyTree | None = None):
-  """R(θ) = (λ/2) Σ F (θ − θ*)², the loss-term form of `decay_to_anchor` (F = 1 if None)."""
+  """R(θ) = (λ/2) Σ F (θ − θ*)², the loss-term form of `decay_to_anchor` (F = 1 if None).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import anchor_penalty
+    >>> anchor_penalty({"w": jnp.array([2.0, 1.0])}, {"w": jnp.ones(2)}, strength=0.5)
+    Array(0.25, dtype=float32)
+  """
   if importance is None:
     importance = jax.tree.map(lambda _: 1.0, params)
   terms = jax.tree.map(lambda p, a, f: jnp.sum(f * jnp.square(_wide(p) - a)), params, anchor,
@@ -160,6 +195,17 @@ def fisher_diagonal(
 
   Returns:
     A pytree like `params` (float32 or wider).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.optim import fisher_diagonal
+    >>> def example_loss(params, x, y):  # one example's negative log-likelihood
+    ...   return -jax.nn.log_softmax(x @ params["w"])[y]
+    >>> params = {"w": jnp.zeros((4, 3))}
+    >>> fisher = jax.jit(fisher_diagonal, static_argnums=0)(
+    ...     example_loss, params, jnp.ones((8, 4)), jnp.zeros(8, jnp.int32))
+    >>> fisher["w"].shape
+    (4, 3)
   """
   grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, y)
   return jax.tree.map(lambda g: jnp.mean(jnp.square(_wide(g)), axis=0), grads)

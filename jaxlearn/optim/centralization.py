@@ -73,11 +73,22 @@ def centralize_gradients(*, channel_axis: int = -1) -> optax.GradientTransformat
 
   Returns:
     A stateless `optax.GradientTransformationExtraArgs`; updates keep their dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import centralize_gradients
+    >>> gc = centralize_gradients()
+    >>> grads = {"w": jnp.array([[1.0, 2.0], [3.0, 2.0]])}  # (in, out): one column per unit
+    >>> updates, _ = gc.update(grads, gc.init(grads))
+    >>> updates["w"]
+    Array([[-1.,  0.],
+           [ 1.,  0.]], dtype=float32)
   """
   _common.check_channel_axis(channel_axis)
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "centralize_gradients")
     return jax.tree.map(lambda g: centralize_leaf(g, channel_axis), updates), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
@@ -92,11 +103,21 @@ def normalize_gradients(eps: float = 1e-8) -> optax.GradientTransformationExtraA
 
   Returns:
     A stateless `optax.GradientTransformationExtraArgs`; updates keep their dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import normalize_gradients
+    >>> gn = normalize_gradients()
+    >>> grads = {"w": jnp.array([1.0, 2.0, 3.0])}
+    >>> updates, _ = gn.update(grads, gn.init(grads))
+    >>> print(updates["w"])  # divided by the unbiased standard deviation, 1
+    [1. 2. 3.]
   """
   _checks.check_positive("eps", eps)
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "normalize_gradients")
     return jax.tree.map(lambda g: normalize_leaf(g, eps), updates), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)

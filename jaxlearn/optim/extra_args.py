@@ -41,6 +41,14 @@ def margins_from_losses(losses: jax.Array) -> jax.Array:
 
   Computed as ``-log(expm1(l))``, accurate for small and large losses alike (a loss of 0 gives
   a margin of +inf, as a perfectly separated example should).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import margins_from_losses
+    >>> margins = jnp.array([2.0, -1.0])
+    >>> logistic_losses = jnp.log1p(jnp.exp(-margins))
+    >>> print(margins_from_losses(logistic_losses).round(4))  # the margins, recovered
+    [ 2. -1.]
   """
   losses = jnp.asarray(losses)
   losses = losses.astype(jnp.promote_types(losses.dtype, jnp.float32))
@@ -68,6 +76,15 @@ def extra_update_args(
 
   Raises:
     ValueError: for a name that is not one of `EXTRA_ARG_NAMES`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import extra_update_args
+    >>> loss_fn = lambda params, x, y: jnp.mean((x @ params - y) ** 2)
+    >>> extras = extra_update_args(["value", "grad"], loss_fn, jnp.zeros(3), jnp.ones((4, 3)),
+    ...                            jnp.ones(4))
+    >>> sorted(extras), extras["value"]
+    (['grad', 'value'], Array(1., dtype=float32))
   """
   unknown = [name for name in names if name not in EXTRA_ARG_NAMES]
   if unknown:

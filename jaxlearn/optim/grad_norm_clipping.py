@@ -34,12 +34,24 @@ returns Ω with exactly that gradient (the states and error signals pass through
 `lax.stop_gradient`). With the paper's parametrisation x_k = W_rec σ(x_{k-1}) + W_in u_k + b the
 Jacobian is W_rec diag(σ'(x_{k-1})) and only W_rec receives gradient, as in the paper.
 
-Eq. (9) is taken in the form it is usually quoted in, a ratio of norms; the paper's full text could
-not be checked. The official code differs from that form in three ways, which
-`tests/optim/test_grad_norm_clipping.py` documents: it takes the ratio of SQUARED norms
-(`squared=True` here reproduces it), averages Ω_k over the time steps instead of summing (rescale
-α by 1/T to match), and its states are the post-activations h_k = tanh(...), with h_k (and so
-tanh') held constant.
+The paper itself uses two forms. Eq. (9) defines Ω with a ratio of norms, as above. Eq. (10),
+the immediate gradient the paper prescribes, is written with a ratio of SQUARED norms:
+
+.. math::
+
+  \frac{\partial^+ \Omega}{\partial W_{rec}} = \sum_k \frac{\partial^+}{\partial W_{rec}}
+  \left( \frac{\lVert \frac{\partial E}{\partial x_{k+1}} W_{rec}^\top
+  \operatorname{diag}(\sigma'(x_k)) \rVert^2}
+  {\lVert \frac{\partial E}{\partial x_{k+1}} \rVert^2} - 1 \right)^2,
+
+which is the ∂⁺ gradient of a different function (the ratio squared inside the square). Both are
+the paper's: `squared=False` (the default) is Eq. (9)'s Ω with its ∂⁺ gradient; `squared=True` is
+the function Eq. (10) differentiates, and the form the official code computes. The default stays
+on Eq. (9), the definition of Ω, since the paper is not unambiguously the squared form; pick
+`squared=True` to follow Eq. (10) and the official code. The official code differs from both
+equations in two more ways, which `tests/optim/test_grad_norm_clipping.py` documents: it averages
+Ω_k over the time steps instead of summing (rescale α by 1/T to match), and its states are the
+post-activations h_k = tanh(...), with h_k (and so tanh') held constant.
 """
 
 from __future__ import annotations
@@ -79,12 +91,21 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
   Returns:
     A `GradientTransformationExtraArgs` (updates keep the gradients' dtype).
 
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import clip_by_global_norm
+    >>> clip = clip_by_global_norm(1.0)
+    >>> updates, _ = clip.update({"w": jnp.array([3.0, 4.0])}, clip.init(None))
+    >>> updates["w"]  # norm 5 rescaled to 1
+    Array([0.6, 0.8], dtype=float32)
+
   References:
     Pascanu et al., `On the difficulty of training Recurrent Neural Networks
     <https://arxiv.org/abs/1211.5063>`_, ICML 2013.
   """
   _checks.check_positive("max_norm", max_norm)
-  return _common.compute_in_float32(optax.clip_by_global_norm(max_norm))
+  transform = _common.compute_in_float32(optax.clip_by_global_norm(max_norm))
+  return _common.with_params_check(transform, "clip_by_global_norm")
 
 
 def rnn_state_gradients(
@@ -102,13 +123,26 @@ def rnn_state_gradients(
   Args:
     step_fn: `step_fn(params, x, u) -> x_next`; x has shape (..., H) (a leading batch axis is
       fine as long as examples do not interact).
-    loss_fn: `loss_fn(params, states) -> scalar E`, with `states` of shape (T, *x0.shape).
+    loss_fn: `loss_fn(params, states) -> scalar E`, with `states` of shape `(T, *x0.shape)`.
     params: the parameters.
     x0: the initial state x_0.
     inputs: the inputs u_1..u_T, time-major: shape (T, ...).
 
   Returns:
-    `(E, states, state_grads)`: the loss, x_1..x_T and ∂E/∂x_1..∂E/∂x_T, each (T, *x0.shape).
+    `(E, states, state_grads)`: the loss, x_1..x_T and ∂E/∂x_1..∂E/∂x_T, each `(T, *x0.shape)`.
+
+  Example:
+    >>> from jaxlearn.optim import rnn_state_gradients
+    >>> import jax, jax.numpy as jnp
+    >>> def step_fn(p, x, u):  # x_k = W tanh(x_{k-1}) + W_in u_k
+    ...   return jnp.tanh(x) @ p["w"] + u @ p["w_in"]
+    >>> def loss_fn(p, states):
+    ...   return jnp.mean(states[-1] ** 2)
+    >>> params = {"w": 0.5 * jnp.eye(3), "w_in": jnp.ones((2, 3))}
+    >>> x0, inputs = jnp.zeros((4, 3)), jnp.ones((3, 4, 2))  # batch 4, T = 3 steps
+    >>> loss, states, state_grads = rnn_state_gradients(step_fn, loss_fn, params, x0, inputs)
+    >>> states.shape, state_grads.shape
+    ((3, 4, 3), (3, 4, 3))
   """
 
   def unroll(params, perturbations):
@@ -152,15 +186,29 @@ def vanishing_gradient_regularizer(
     step_fn: `step_fn(params, x, u) -> x_next`, the recurrence; write it in the paper's form
       x_k = W σ(x_{k-1}) + W_in u_k + b to get exactly the paper's gradient (then J depends on W
       alone).
-    loss_fn: `loss_fn(params, states) -> E`, states x_1..x_T of shape (T, *x0.shape).
+    loss_fn: `loss_fn(params, states) -> E`, states x_1..x_T of shape `(T, *x0.shape)`.
     params: the parameters.
     x0: the initial state x_0 (a leading batch axis is allowed).
     inputs: u_1..u_T, time-major (T, ...).
-    squared: use the ratio of squared norms, as the official code does (Eq. 9 uses norms).
+    squared: use the ratio of squared norms: the form Eq. (10) differentiates and the official
+      code computes; False: Eq. (9)'s ratio of norms.
     min_grad_norm_sq: terms with ‖δ_{k+1}‖² below this are skipped, >= 0.
 
   Returns:
     The scalar Ω (float32 or wider).
+
+  Example:
+    >>> from jaxlearn.optim import vanishing_gradient_regularizer
+    >>> import jax, jax.numpy as jnp
+    >>> def step_fn(p, x, u):  # x_k = W tanh(x_{k-1}) + W_in u_k
+    ...   return jnp.tanh(x) @ p["w"] + u @ p["w_in"]
+    >>> def loss_fn(p, states):
+    ...   return jnp.mean(states[-1] ** 2)
+    >>> params = {"w": 0.5 * jnp.eye(3), "w_in": jnp.ones((2, 3))}
+    >>> x0, inputs = jnp.zeros((4, 3)), jnp.ones((3, 4, 2))  # batch 4, T = 3 steps
+    >>> omega = jax.jit(lambda p: vanishing_gradient_regularizer(step_fn, loss_fn, p, x0, inputs))
+    >>> omega(params).shape  # add alpha * omega(params) to the training loss
+    ()
 
   References:
     Pascanu et al., `On the difficulty of training Recurrent Neural Networks
@@ -204,12 +252,14 @@ RECORD = registry.record(
     notes=(
         "Clipping: optax.clip_by_global_norm is Algorithm 1 (torch clip_grad_norm_ divides by "
         "|g| + 1e-6); jaxlearn's adds a check and float32 norms, and works under "
-        "inject_hyperparams with bfloat16 grads (optax's lax.select fails). Regularizer: Omega "
-        "of Eq. (9) with the immediate gradient of Eq. (10) (states and dE/dx held constant), "
-        "a loss term. The official code (pascanur/trainingRNNs) uses squared-norm ratios "
-        "(squared=True), averages over steps instead of summing, and holds h_k constant in the "
-        "post-activation form; all three are documented in tests. The default "
-        "(squared=False) takes Eq. (9)'s ratio of plain norms; the official code uses "
-        "squared=True."
+        "inject_hyperparams with bfloat16 grads (optax's lax.select fails). Regularizer: a "
+        "loss term whose gradient is the paper's immediate gradient (states and dE/dx held "
+        "constant). The paper writes Omega with a ratio of norms in Eq. (9) and its gradient "
+        "with a ratio of squared norms in Eq. (10); squared=False (default) is Eq. (9)'s "
+        "Omega, squared=True the function Eq. (10) differentiates, also what the official "
+        "code (pascanur/trainingRNNs) computes, so neither is a deviation from the paper; the "
+        "default stays on Eq. (9), the definition, as the paper is not unambiguously squared. "
+        "The official code also averages over steps instead of summing and holds h_k constant "
+        "in the post-activation form (both documented in tests)."
     ),
 )

@@ -65,6 +65,7 @@ def _with_raw_key(
     return state._replace(rng_key=jax.random.key_data(state.rng_key))
 
   def update_fn(updates, state, params=None, **extra_args):
+    _common.check_params(updates, params, "add_gradient_noise")
     typed = state._replace(rng_key=jax.random.wrap_key_data(state.rng_key, impl=impl))
     updates, state = inner.update(updates, typed, params, **extra_args)
     return updates, state._replace(rng_key=jax.random.key_data(state.rng_key))
@@ -92,6 +93,14 @@ def add_gradient_noise(
 
   Returns:
     A `GradientTransformationExtraArgs` (the updates keep the gradients' dtype).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import add_gradient_noise
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(add_gradient_noise(eta=0.01, gamma=0.55, key=0), optax.adam(1e-3))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.zeros((3, 2))}, state, params)
 
   References:
     Neelakantan et al., `Adding Gradient Noise Improves Learning for Very Deep Networks

@@ -48,6 +48,13 @@ class ScaleByGramsState(NamedTuple):
     count: number of updates so far (int32), for the bias corrections.
     mu: first moment of the gradients, `m_t` (float32 or wider).
     nu: second moment of the gradients, `v_t` (float32 or wider).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_grams
+    >>> state = scale_by_grams().init({"w": jnp.ones(2, jnp.bfloat16)})
+    >>> state.mu["w"].dtype, state.nu["w"].dtype
+    (dtype('float32'), dtype('float32'))
   """
 
   count: jax.Array
@@ -84,6 +91,14 @@ def scale_by_grams(
   Returns:
     A `GradientTransformationExtraArgs`; its state is a `ScaleByGramsState`.
 
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_grams
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_grams(), optax.scale_by_learning_rate(1e-3))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+
   References:
     Cao, Li and Song, `Grams: Gradient Descent with Adaptive Momentum Scaling
     <https://arxiv.org/abs/2412.17107>`_, 2024.
@@ -91,8 +106,7 @@ def scale_by_grams(
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
-  if not isinstance(correct_bias, bool):
-    raise ValueError(f"correct_bias must be a bool, got {correct_bias!r}")
+  _checks.check_bool("correct_bias", correct_bias)
 
   def init_fn(params):
     return ScaleByGramsState(
@@ -102,7 +116,8 @@ def scale_by_grams(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "scale_by_grams")
     count = numerics.safe_increment(state.count)
     mu = _common.update_moment(updates, state.mu, b1)
     nu = _common.update_moment(updates, state.nu, b2, order=2)

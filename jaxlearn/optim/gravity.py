@@ -11,6 +11,14 @@ unbounded step. The paper picks `m = 1 / max|G|` per weight tensor, averages the
 velocity `V` with a decay `beta_hat_t = (beta t + 1) / (t + 2)` that starts at 1/2 and tends to
 `beta`, and starts `V` from random normal values of standard deviation `alpha / lr`.
 
+Learning-rate schedules. The paper assumes a constant learning rate η and draws the initial
+velocity as N(0, (α / η)²), so that the first step η V_{-1} has spread α. With a schedule there is
+no single η: dividing by its first value gives an infinite spread (NaN from the first step) for a
+warm-up from 0, and a huge one (divergence) for a warm-up from 1e-6. A schedule therefore needs
+`initial_learning_rate`, the η of that formula (typically the schedule's peak, so that the velocity
+noise moves the weights by about α per step at the peak rate); without it the factories raise.
+`initial_learning_rate` also overrides a constant learning rate.
+
 Step index. The paper's derivation of `beta_hat` (math notes, "at the first step t = 0") and the
 official Keras code (`t = optimizer.iterations`, 0 at the first update) use t = 0, 1, 2, ...; the
 official PyTorch code and pytorch-optimizer's `Gravity` increment `t` first and so use t = 1, 2, ...
@@ -47,7 +55,15 @@ class ScaleByGravityState(NamedTuple):
 
   Attributes:
     count: number of updates so far (int32); the paper's step index t of the next update.
-    velocity: the velocity `V` (float32 or wider), initialized from N(0, (alpha / lr)^2).
+    velocity: the velocity `V` (float32 or wider), initialized from N(0, (alpha / η_0)^2), η_0 the
+      `initial_learning_rate` or else the constant learning rate.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_gravity
+    >>> state = scale_by_gravity(key=0).init({"w": jnp.zeros(3)})
+    >>> state.velocity["w"].shape  # initialized at random, as in the paper
+    (3,)
   """
 
   count: jax.Array
@@ -75,9 +91,29 @@ def gravity_step(g: jax.Array) -> jax.Array:
 
   Written as `g / (1 + (g max|g|)^2)`, which needs no division by max|g| and gives 0 for an
   all-zero gradient.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import gravity_step
+    >>> print(gravity_step(jnp.array([1.0, -2.0])))  # m = 1 / 2: g / (1 + (2 g)^2)
+    [ 0.2        -0.11764...]
   """
   largest = jnp.max(jnp.abs(g))
   return g / (1.0 + jnp.square(g * largest))
+
+
+def _initial_learning_rate(learning_rate, initial_learning_rate):
+  """η_0 of the initial spread α / η_0: `initial_learning_rate`, else the constant lr."""
+  if initial_learning_rate is not None:
+    _checks.check_positive("initial_learning_rate", initial_learning_rate)
+    return initial_learning_rate
+  if callable(learning_rate):
+    raise ValueError(
+        "initial_learning_rate is required when learning_rate is a schedule: the initial velocity "
+        "is drawn from N(0, (alpha / initial_learning_rate)^2); pass the schedule's peak (its "
+        "first value, 0 for a warm-up, would give an infinite spread)"
+    )
+  return learning_rate
 
 
 def scale_by_gravity(
@@ -86,6 +122,7 @@ def scale_by_gravity(
     beta: float = 0.9,
     *,
     key: KeyOrSeed = 0,
+    initial_learning_rate: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The Gravity velocity, to be multiplied by `-learning_rate`.
 
@@ -97,17 +134,29 @@ def scale_by_gravity(
     V_t &= \hat\beta_t V_{t-1} + (1 - \hat\beta_t) \zeta_t, \qquad
     V_{-1} \sim \mathcal N(0, (\alpha / \eta_0)^2)
 
-  and the update is `V_t`. The learning rate only sets the spread of the initial velocity (η_0 is
-  its value at step 0, so that `η_0 V_{-1} ~ N(0, alpha^2)`); the alias applies the step.
+  and the update is `V_t`. The learning rate only sets the spread of the initial velocity: η_0 is
+  `initial_learning_rate` if given, else the constant `learning_rate` (so that
+  `η_0 V_{-1} ~ N(0, alpha^2)`); the alias applies the step.
 
   Args:
-    learning_rate: η, > 0, a number or a schedule (only η_0 is read here).
+    learning_rate: η, > 0, a number or a schedule (a schedule needs `initial_learning_rate`).
     alpha: spread of the initial velocity in units of the first step, >= 0.
     beta: asymptotic decay of the velocity average, in [0, 1).
     key: an int seed or a jax PRNG key for the initial velocity.
+    initial_learning_rate: η_0 > 0 of the initial spread α / η_0; required with a schedule (pass
+      its peak: a warm-up's first value, 0 or tiny, would give an infinite or huge spread).
+      None: the constant `learning_rate`.
 
   Returns:
     A `GradientTransformationExtraArgs`; its state is a `ScaleByGravityState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_gravity
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_gravity(0.1, key=0), optax.scale_by_learning_rate(0.1))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
 
   References:
     Bahrami and Pouriyan Zadeh, `Gravity Optimizer: a Kinematic Approach on Optimization in Deep
@@ -116,11 +165,10 @@ def scale_by_gravity(
   _checks.check_positive("learning_rate", learning_rate)
   _checks.check_non_negative("alpha", alpha)
   _checks.check_unit_interval("beta", beta)
+  std = alpha / _initial_learning_rate(learning_rate, initial_learning_rate)
   key = _as_key(key)
 
   def init_fn(params):
-    first_lr = learning_rate(0) if callable(learning_rate) else learning_rate
-    std = alpha / first_lr
     keys = optax.tree.split_key_like(key, params)
 
     def velocity(k, p):
@@ -136,7 +184,8 @@ def scale_by_gravity(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "scale_by_gravity")
     t = state.count.astype(jnp.float32)
     decay = (beta * t + 1.0) / (t + 2.0)
 
@@ -157,6 +206,7 @@ def gravity(
     beta: float = 0.9,
     *,
     key: KeyOrSeed = 0,
+    initial_learning_rate: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """The Gravity optimizer: `θ_t = θ_{t-1} - η V_t` with `V_t` from `scale_by_gravity`.
 
@@ -164,11 +214,15 @@ def gravity(
   defaults to lr 0.01). The paper has no weight decay.
 
   Args:
-    learning_rate: η, > 0, a number or a schedule.
-    alpha: spread of the initial velocity (`η V_{-1} ~ N(0, alpha^2)`), >= 0.
+    learning_rate: η, > 0, a number or a schedule (then pass `initial_learning_rate`).
+    alpha: spread of the initial velocity (`η_0 V_{-1} ~ N(0, alpha^2)`), >= 0.
     beta: asymptotic decay of the velocity average, in [0, 1).
     key: an int seed or a jax PRNG key for the initial velocity (under
       `optax.inject_hyperparams` an int seed becomes a traced value; that works).
+    initial_learning_rate: η_0 > 0 of the initial spread α / η_0; required with a schedule
+      (typically its peak); None: the constant `learning_rate`. Keyword-only, so it stays static
+      under `jaxlearn.optim.inject_hyperparams`, where a scheduled learning rate arrives as a
+      number (its value at step 0) and would otherwise set the spread.
 
   Returns:
     A `GradientTransformationExtraArgs`.
@@ -183,7 +237,9 @@ def gravity(
     [-0.025, -0.02]
   """
   return optax.chain(
-      scale_by_gravity(learning_rate, alpha, beta, key=key),
+      scale_by_gravity(
+          learning_rate, alpha, beta, key=key, initial_learning_rate=initial_learning_rate
+      ),
       _common.learning_rate_step(learning_rate),
   )
 
@@ -200,7 +256,10 @@ RECORD = registry.record(
         "derivation and the official Keras code; the official PyTorch code and "
         "pytorch-optimizer start at t = 1 (tested: identical once the count is offset by 1). "
         "The initial velocity N(0, (alpha/lr)^2) needs a PRNG key (`key=`, an int seed or a "
-        "key). Defaults are the official lr 0.1, alpha 0.01, beta 0.9 (pytorch-optimizer's lr "
-        "default is 0.01). No weight decay (none in the paper)."
+        "key). The paper assumes a constant lr; with a schedule the spread alpha / lr is "
+        "undefined (a warm-up from 0 gave NaN, from 1e-6 divergence), so a schedule requires "
+        "initial_learning_rate= (e.g. its peak; tested with warmup_cosine_decay_schedule), "
+        "which also overrides a constant lr. Defaults are the official lr 0.1, alpha 0.01, "
+        "beta 0.9 (pytorch-optimizer's lr default is 0.01). No weight decay (none in the paper)."
     ),
 )

@@ -35,6 +35,7 @@ import optax
 
 from jaxlearn import registry
 from jaxlearn import _checks
+from jaxlearn.optim import _common
 
 __all__ = [
     "half_fine_tuning",
@@ -45,6 +46,18 @@ PyTree = Any
 
 
 class HalfFineTuningState(NamedTuple):
+  """State of `half_fine_tuning`.
+
+  Attributes:
+    count: number of updates so far (int32).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import half_fine_tuning
+    >>> half_fine_tuning(0.5).init({"w": jnp.ones(2)}).count
+    Array(0, dtype=int32)
+  """
+
   count: jax.Array  # int32 step count
 
 
@@ -88,6 +101,17 @@ def half_fine_tuning(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; updates keep their dtype.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import half_fine_tuning
+    >>> params = {f"layer{i}": jnp.ones((2, 2)) for i in range(4)}
+    >>> opt = optax.chain(optax.adam(1e-3), half_fine_tuning(0.5, seed=0))
+    >>> state = opt.init(params)
+    >>> grads = {k: jnp.ones((2, 2)) for k in params}
+    >>> updates, state = opt.update(grads, state, params)
+    >>> sum(bool(jnp.any(u != 0)) for u in updates.values())  # half of the leaves are updated
+    2
   """
   _checks.check_range("fraction", fraction, 0.0, 1.0)
   if stage_length is not None:
@@ -101,6 +125,7 @@ def half_fine_tuning(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
+    _common.check_params(updates, params, "half_fine_tuning")
     leaves, treedef = jax.tree.flatten(updates)
     if categories is None:
       labels = [0] * len(leaves)

@@ -70,13 +70,23 @@ def scale_by_lion(
   Returns:
     A `GradientTransformationExtraArgs`.
 
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_lion
+    >>> opt = scale_by_lion()
+    >>> updates, state = opt.update({"w": jnp.array([0.5, -2.0])}, opt.init({"w": jnp.zeros(2)}))
+    >>> updates["w"]
+    Array([ 1., -1.], dtype=float32)
+
   References:
     Chen et al., `Symbolic Discovery of Optimization Algorithms
     <https://arxiv.org/abs/2302.06675>`_, NeurIPS 2023.
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
-  return _common.compute_in_float32(optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype))
+  _checks.check_float_dtype("mu_dtype", mu_dtype)
+  transform = _common.compute_in_float32(optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype))
+  return _common.with_params_check(transform, "scale_by_lion")
 
 
 def lion(
@@ -116,6 +126,16 @@ def lion(
   Returns:
     A `GradientTransformationExtraArgs`:
     `chain(scale_by_lion, decayed_weights, scale_by_learning_rate)`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import lion
+    >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> opt = lion(1e-4, weight_decay=1.0, weight_decay_mask={"w": True, "b": False})
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5), "b": -jnp.ones(2)}, state, params)
+    >>> updates["b"]  # sign update: every coordinate moves by the learning rate
+    Array([0.0001, 0.0001], dtype=float32)
 
   References:
     Chen et al., `Symbolic Discovery of Optimization Algorithms

@@ -49,6 +49,13 @@ class LookaheadSyncState(NamedTuple):
   Attributes:
     count: number of updates so far (int32).
     slow: the slow weights φ (float32 or wider).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import lookahead_sync
+    >>> state = lookahead_sync().init({"w": jnp.ones(2, jnp.bfloat16)})
+    >>> state.slow["w"].dtype
+    dtype('float32')
   """
 
   count: jax.Array
@@ -76,6 +83,15 @@ def lookahead_sync(
   Returns:
     An `optax.GradientTransformationExtraArgs` (state `LookaheadSyncState`); `update` requires
     `params`. Evaluate with `state.slow` (the paper's choice) or with the returned params.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import lookahead_sync
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(optax.adam(1e-3), lookahead_sync(sync_period=5, slow_step_size=0.5))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+    >>> params = optax.apply_updates(params, updates)
   """
   _check_sync_period(sync_period)
   _checks.check_range("slow_step_size", slow_step_size, 0.0, 1.0)
@@ -86,7 +102,7 @@ def lookahead_sync(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "lookahead_sync")
+    _common.require_params(params, "lookahead_sync", updates=updates)
     count = numerics.safe_increment(state.count)
     sync = count % sync_period == 0
 

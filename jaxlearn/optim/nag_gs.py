@@ -55,6 +55,13 @@ class ScaleByNagGsState(NamedTuple):
     count: number of updates so far (int32), the argument of a step-size schedule.
     gamma: the scaling factor γ_k (float32 scalar), γ_0 = `gamma`.
     v: the auxiliary variable v_k (float32 or wider), v_0 = x_0 (a copy of the parameters).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_nag_gs
+    >>> state = scale_by_nag_gs().init({"w": jnp.array([1.0, 2.0])})
+    >>> state.v["w"]  # v_0 = x_0
+    Array([1., 2.], dtype=float32)
   """
 
   count: jax.Array
@@ -91,6 +98,15 @@ def scale_by_nag_gs(
     A `GradientTransformationExtraArgs` whose `update` requires `params`; its state is a
     `ScaleByNagGsState`.
 
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_nag_gs
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = scale_by_nag_gs(0.05)  # the step is already signed: add it to the parameters
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
   References:
     Leplat et al., `NAG-GS: Semi-Implicit, Accelerated and Robust Stochastic Optimizer
     <https://arxiv.org/abs/2209.14937>`_, 2022.
@@ -109,7 +125,7 @@ def scale_by_nag_gs(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "scale_by_nag_gs")
+    _common.require_params(params, "scale_by_nag_gs", updates=updates)
     alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
     alpha = jnp.asarray(alpha, jnp.float32)
     b = alpha * mu / (alpha * mu + state.gamma)

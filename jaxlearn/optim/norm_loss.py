@@ -36,7 +36,14 @@ __all__ = [
 
 
 def unit_norm(x: jax.Array, channel_axis: int = -1) -> jax.Array:
-  """L2 norm of every output unit (keepdims), or of the whole leaf when ndim <= 1 (float32+)."""
+  """L2 norm of every output unit (keepdims), or of the whole leaf when ndim <= 1 (float32+).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import unit_norm
+    >>> unit_norm(jnp.array([[3.0, 0.0], [4.0, 1.0]]))  # one norm per output unit (column)
+    Array([[5., 1.]], dtype=float32)
+  """
   x32 = x.astype(_common.wide_dtype(x.dtype))
   axes = None if x.ndim <= 1 else _common.unit_axes(x.ndim, channel_axis)
   return jnp.sqrt(jnp.sum(jnp.square(x32), axis=axes, keepdims=x.ndim > 1))
@@ -54,6 +61,13 @@ def add_norm_loss(
 
   Returns:
     A stateless `optax.GradientTransformationExtraArgs`; `update` requires `params`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import add_norm_loss
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(add_norm_loss(1e-4), optax.sgd(0.1))
+    >>> updates, _ = opt.update({"w": jnp.zeros((3, 2))}, opt.init(params), params)
   """
   _checks.check_non_negative("factor", factor)
   _checks.check_positive("eps", eps)
@@ -66,7 +80,7 @@ def add_norm_loss(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _common.require_params(params, "add_norm_loss")
+    _common.require_params(params, "add_norm_loss", updates=updates)
     return jax.tree.map(term, updates, params), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)

@@ -59,6 +59,12 @@ def logistic_normalizer(margins: jax.Array) -> jax.Array:
 
   Returns:
     β as a float32 (or wider) scalar.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import logistic_normalizer
+    >>> logistic_normalizer(jnp.array([0.0, 0.0]))  # 1 / sigmoid(0)
+    Array(2., dtype=float32)
   """
   margins = jnp.asarray(margins)
   dtype = _common.wide_dtype(margins.dtype)
@@ -80,6 +86,15 @@ def scale_by_normalized_lr_gd() -> optax.GradientTransformationExtraArgs:
   Returns:
     A stateless `GradientTransformationExtraArgs`.
 
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_normalized_lr_gd
+    >>> opt = scale_by_normalized_lr_gd()
+    >>> grads = {"w": jnp.array([0.1, -0.2])}
+    >>> updates, _ = opt.update(grads, opt.init(grads), margins=jnp.array([0.0, 0.0]))
+    >>> updates["w"]  # beta = 1 / mean sigmoid(0) = 2
+    Array([ 0.2, -0.4], dtype=float32)
+
   References:
     Tyurin, `From Logistic Regression to the Perceptron Algorithm: Exploring Gradient Descent
     with Large Step Sizes <https://arxiv.org/abs/2412.08424>`_, AAAI 2025.
@@ -90,7 +105,8 @@ def scale_by_normalized_lr_gd() -> optax.GradientTransformationExtraArgs:
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None, *, margins=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "scale_by_normalized_lr_gd")
     if margins is None:
       raise ValueError(_NEEDS_MARGINS)
     beta = logistic_normalizer(margins)

@@ -64,6 +64,13 @@ class ScaleByNovogradState(NamedTuple):
     count: number of updates so far (int32); the first update initializes `nu`.
     mu: the momentum `m` (float32 or wider, or `mu_dtype`), shaped like the parameters.
     nu: the layer-wise second moment `v`: one float32 (or wider) scalar per leaf.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_novograd
+    >>> state = scale_by_novograd().init({"w": jnp.ones((3, 2))})
+    >>> state.nu["w"].shape  # one second moment per layer
+    ()
   """
 
   count: jax.Array
@@ -128,11 +135,21 @@ def scale_by_novograd(
   Returns:
     A `GradientTransformationExtraArgs`; `update` needs `params` when weight_decay is not 0.
 
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_novograd
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_novograd(), optax.scale_by_learning_rate(1e-2))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+
   References:
     Ginsburg et al., `Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training
     of Deep Networks <https://arxiv.org/abs/1905.11286>`_, 2019.
   """
   _check_arguments(b1, b2, eps, eps_root, weight_decay, weight_decay_mask)
+  _checks.check_bool("grad_averaging", grad_averaging)
+  _checks.check_float_dtype("mu_dtype", mu_dtype)
   decay = _common.decayed_weights(weight_decay, weight_decay_mask)
   new_term_scale = (1.0 - b1) if grad_averaging else 1.0
 
@@ -143,6 +160,7 @@ def scale_by_novograd(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
+    _common.check_params(updates, params, "scale_by_novograd")
     first = state.count == 0
     wide_grads = jax.tree.map(lambda g: g.astype(_common.wide_dtype(g.dtype)), updates)
     nu = jax.tree.map(
@@ -204,6 +222,16 @@ def novograd(
 
   Returns:
     A `GradientTransformationExtraArgs`: `chain(scale_by_novograd, scale_by_learning_rate)`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import novograd
+    >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> opt = novograd(1e-2, weight_decay=1e-3)
+    >>> state = opt.init(params)
+    >>> grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.ones(2)}
+    >>> updates, state = opt.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
 
   References:
     Ginsburg et al., `Stochastic Gradient Methods with Layer-wise Adaptive Moments for Training

@@ -68,6 +68,13 @@ class ScaleByOptimisticAMSGradState(NamedTuple):
     history: the last `span + 1` gradients, stacked on a leading axis, newest last.
     pending: `c_t h_{t+1} / (sqrt(v̂_t) + eps)`, the optimistic half-step taken last time, which
       the next step retracts (the next iterate starts from `w_{t+1/2}`).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_optimistic_amsgrad
+    >>> state = scale_by_optimistic_amsgrad(span=3).init({"w": jnp.ones(2)})
+    >>> state.history["w"].shape  # the last span + 1 gradients, for the extrapolation
+    (4, 2)
   """
 
   count: jax.Array
@@ -92,6 +99,13 @@ def rmpe_extrapolate(sequence: jax.Array, ridge: float | jax.Array = 1e-3) -> ja
 
   Returns:
     The extrapolated point, shape `sequence.shape[1:]`, float32 or wider.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import rmpe_extrapolate
+    >>> sequence = jnp.array([[1.0], [0.5], [0.25], [0.125]])  # converging to 0
+    >>> rmpe_extrapolate(sequence, ridge=1e-6).shape
+    (1,)
   """
   dtype = _common.wide_dtype(sequence.dtype)
   # Contracts over the trailing axes instead of flattening them: under an explicit mesh a sharded
@@ -171,6 +185,14 @@ def scale_by_optimistic_amsgrad(
   Returns:
     A `GradientTransformationExtraArgs`; state `ScaleByOptimisticAMSGradState`.
 
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_optimistic_amsgrad
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_optimistic_amsgrad(span=3), optax.scale_by_learning_rate(1e-2))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+
   References:
     Wang et al., `An Optimistic Acceleration of AMSGrad for Nonconvex Optimization
     <https://arxiv.org/abs/1903.01435>`_, ACML 2021.
@@ -198,7 +220,8 @@ def scale_by_optimistic_amsgrad(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "scale_by_optimistic_amsgrad")
     count = numerics.safe_increment(state.count)
     step = count.astype(jnp.float32)
     correction = _common.folded_bias_correction(b1, b2, step)

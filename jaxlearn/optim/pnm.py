@@ -28,6 +28,12 @@ Ranger21's official code (see `jaxlearn.optim.softplus`). The first bias correct
 `1 - b1**t` (not `b1**2`), as in the official code. Defaults follow the official code:
 b1 = 0.9, b2 = 0.999, b0 = 1.0.
 
+eps placement: as the official `adapnm.py`, ε is added after the bias correction,
+`sqrt(v_max) / sqrt(1 - b2^t) + eps`. pytorch-optimizer's `AdaPNM` adds it before,
+`(sqrt(v_max + 1e-15) + eps) / sqrt(1 - b2^t)`: an ε larger by `1 / sqrt(1 - b2^t)` (31.6x at the
+first step with b2 = 0.999), which matters only for gradients of the order of ε
+(`tests/optim/test_pnm.py` shows the difference).
+
 Weight decay in the aliases is decoupled and multiplied by the learning rate,
 `theta <- theta - lr * (u_t + wd * theta)`, as the official `decoupled=True` default.
 """
@@ -63,6 +69,13 @@ class ScaleByPNMState(NamedTuple):
     count: number of updates so far (int32); its parity picks the buffer to update.
     mu_odd: the momentum buffer updated at odd steps (float32 or wider).
     mu_even: the momentum buffer updated at even steps (float32 or wider).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_pnm
+    >>> state = scale_by_pnm().init({"w": jnp.ones(2, jnp.bfloat16)})
+    >>> state.mu_even["w"].dtype
+    dtype('float32')
   """
 
   count: jax.Array
@@ -79,6 +92,13 @@ class ScaleByAdaPNMState(NamedTuple):
     mu_even: the momentum buffer updated at even steps (float32 or wider).
     nu: second moment of the gradients (float32 or wider).
     nu_max: running maximum of `nu` (AMSGrad), or None without `amsgrad`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_adapnm
+    >>> state = scale_by_adapnm().init({"w": jnp.ones(2, jnp.bfloat16)})
+    >>> state.mu_odd["w"].dtype
+    dtype('float32')
   """
 
   count: jax.Array
@@ -96,11 +116,9 @@ def _check_pnm(b1, b0) -> None:
 def _pnm_step(updates, count, mu_odd, mu_even, b1, b0) -> tuple[Any, Any, Any]:
   """Updates the buffer of `count`'s parity; returns (direction d_t, mu_odd, mu_even)."""
   odd = count % 2 == 1
-  decay = b1 * b1
   noise_norm = jnp.sqrt((1 + b0) ** 2 + b0**2)
-  current = jax.tree.map(
-      lambda g, a, b: decay * jnp.where(odd, a, b) + (1 - decay) * g, updates, mu_odd, mu_even
-  )
+  this_parity = jax.tree.map(lambda a, b: jnp.where(odd, a, b), mu_odd, mu_even)
+  current = _common.update_moment(updates, this_parity, b1 * b1)
   other = jax.tree.map(lambda a, b: jnp.where(odd, b, a), mu_odd, mu_even)
   direction = jax.tree.map(lambda c, o: ((1 + b0) * c - b0 * o) / noise_norm, current, other)
   new_odd = jax.tree.map(lambda c, a: jnp.where(odd, c, a), current, mu_odd)
@@ -118,6 +136,14 @@ def scale_by_pnm(b1: float = 0.9, b0: float = 1.0) -> optax.GradientTransformati
 
   Returns:
     An `optax.GradientTransformationExtraArgs` (state `ScaleByPNMState`).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_pnm
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_pnm(b1=0.9, b0=1.0), optax.scale_by_learning_rate(0.1))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
   """
   _check_pnm(b1, b0)
 
@@ -127,7 +153,8 @@ def scale_by_pnm(b1: float = 0.9, b0: float = 1.0) -> optax.GradientTransformati
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "scale_by_pnm")
     count = numerics.safe_increment(state.count)
     direction, mu_odd, mu_even = _pnm_step(
         updates, count, state.mu_odd, state.mu_even, b1, b0
@@ -159,10 +186,19 @@ def scale_by_adapnm(
 
   Returns:
     An `optax.GradientTransformationExtraArgs` (state `ScaleByAdaPNMState`).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_adapnm
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_adapnm(softplus_beta=50.0), optax.scale_by_learning_rate(1e-3))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
   """
   _check_pnm(b1, b0)
   _checks.check_unit_interval("b2", b2)
   _checks.check_non_negative("eps", eps)
+  _checks.check_bool("amsgrad", amsgrad)
   if softplus_beta is not None:
     _checks.check_positive("softplus_beta", softplus_beta)
 
@@ -180,12 +216,13 @@ def scale_by_adapnm(
     return root if softplus_beta is None else softplus_denominator(root, softplus_beta)
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "scale_by_adapnm")
     count = numerics.safe_increment(state.count)
     direction, mu_odd, mu_even = _pnm_step(
         updates, count, state.mu_odd, state.mu_even, b1, b0
     )
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+    nu = _common.update_moment(updates, state.nu, b2, order=2)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
     bias_correction1 = _common.bias_correction(b1, count)
     out = jax.tree.map(
@@ -203,6 +240,14 @@ def adapnm_second_moment(state: ScaleByAdaPNMState, b2) -> optax.Updates:
   For `jaxlearn.optim.with_stable_weight_decay(second_moment=...)`: stable weight decay then reads
   AdaPNM's own `v_t` instead of keeping a second copy. This is the EMA, not its AMSGrad maximum,
   as in Ranger21's official code.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import adapnm_second_moment, scale_by_adapnm, with_stable_weight_decay
+    >>> opt = with_stable_weight_decay(
+    ...     scale_by_adapnm(b2=0.999), 1e-4, second_moment=lambda s: adapnm_second_moment(s, 0.999))
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, opt.init(params), params)
   """
   return _common.debias(state.nu, b2, state.count)
 
@@ -225,6 +270,15 @@ def pnm(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import pnm
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = pnm(0.1, weight_decay=1e-4)
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+    >>> params = optax.apply_updates(params, updates)
   """
   return _common.alias(scale_by_pnm(b1, b0), learning_rate, weight_decay, weight_decay_mask)
 
@@ -254,6 +308,15 @@ def adapnm(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import adapnm
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = adapnm(1e-3, weight_decay=1e-4)
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+    >>> params = optax.apply_updates(params, updates)
   """
   return _common.alias(
       scale_by_adapnm(b1, b2, b0, eps, amsgrad=amsgrad),

@@ -61,7 +61,15 @@ Deviations from the official code (each a bug there; pytorch-optimizer 4.1.0 dif
 - pytorch-optimizer rejects b0 = 1 (it validates beta0 in [0, 1)), so it cannot run the PNM
   paper's default.
 - all decay terms read θ_{t-1} (additive optax form); the reference codes apply them one after the
-  other in place, which differs by O(lr^2 wd factor).
+  other in place: θ ← (1 − a) θ with a = lr · wd / (σ + eps) the stable decay's factor per step
+  (σ = sqrt(mean v_hat)), then the norm loss computed from that decayed θ. With f the norm-loss
+  factor and n = ‖θ_u‖, the two orders differ per unit by exactly
+  `2 lr f n |a − 1/(n + eps) + (1 − a)/(|1 − a| n + eps)|`, which is
+  `2 lr f a n |1 − eps/((n + eps)((1 − a) n + eps))|` for a <= 1 and at most
+  `2 lr f (a n + 2 min(a, 1))` for every a >= 0 (`tests/optim/test_ranger21.py` checks it). That is
+  first order in a, and a is O(lr wd) only while σ >> lr wd: for small gradients the decay factor
+  approaches (or passes) 1 and the gap is as large as the norm-loss step itself, O(lr f), not
+  O(lr^2 wd f). (Without norm loss the two orders agree exactly.)
 
 Layout: unit-wise parts assume Flax kernels (output units on the last axis).
 """
@@ -162,6 +170,12 @@ def ranger21_schedule(
   Returns:
     `schedule(count)`: the learning rate of step `count + 1` (optax passes the number of updates
     done so far, starting at 0).
+
+  Example:
+    >>> from jaxlearn.optim import ranger21_schedule
+    >>> schedule = ranger21_schedule(1e-3, num_iterations=10_000)  # warmup: 2 / (1 - b2) steps
+    >>> print(f"{schedule(0):.1e} {schedule(5_000):.1e} {schedule(9_999):.1e}")
+    5.0e-07 1.0e-03 3.0e-05
   """
   _checks.check_non_negative("learning_rate", learning_rate)
   if callable(learning_rate):
@@ -250,6 +264,16 @@ def ranger21(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update` requires `params`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import ranger21
+    >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> opt = ranger21(1e-3, num_iterations=1000)
+    >>> state = opt.init(params)
+    >>> grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.ones(2)}
+    >>> updates, state = jax.jit(opt.update)(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
   """
   _common.check_mask(weight_decay_mask)
   # Checked here too so that errors name this function's arguments, not the parts'.
@@ -259,6 +283,9 @@ def ranger21(
   _checks.check_positive("eps", eps)
   _check_iterations("lookahead_sync_period", lookahead_sync_period, 1)
   _checks.check_range("lookahead_step_size", lookahead_step_size, 0.0, 1.0)
+  for flag, value in (("amsgrad", amsgrad), ("use_agc", use_agc), ("use_gc", use_gc),
+                      ("use_gn", use_gn), ("use_lookahead", use_lookahead)):
+    _checks.check_bool(flag, value)
   if num_iterations is None:
     rate = learning_rate
   else:
@@ -324,6 +351,14 @@ RECORD = registry.record(
         "normalize twice), eps in the stable-decay denominator and no decay while every "
         "gradient is zero. pytorch-optimizer 4.1.0 Ranger21 differs: sum of v_hat starts at "
         "1.0, double normalization, default beta0=0.9 and beta0=1.0 rejected. Decay terms are "
-        "additive in theta_{t-1} (references: sequential in place, O(lr^2) apart)."
+        "additive in theta_{t-1}; the references apply stable decay (factor a = lr wd / "
+        "(sqrt(mean v_hat) + eps) per step) then the norm loss (factor f) in place, which "
+        "differs per unit by at most 2 lr f (a ||theta_u|| + 2 min(a, 1)) (exact expression "
+        "and test in the module docstring): first order in a, which nears 1 for small "
+        "gradients, so the gap can reach the size of the norm-loss step. AdaPNM (pnm.py) "
+        "follows the official code's eps placement, sqrt(v_max) / sqrt(1 - b2^t) + eps; "
+        "pytorch-optimizer AdaPNM uses (sqrt(v_max + 1e-15) + eps) / sqrt(1 - b2^t), an eps "
+        "larger by 1 / sqrt(1 - b2^t) (31.6x at the first step with b2 = 0.999; parity test "
+        "with tiny gradients)."
     ),
 )

@@ -47,7 +47,14 @@ __all__ = [
 
 
 def softplus_denominator(x: jax.Array, beta) -> jax.Array:
-  """`softplus(beta * x) / beta`, computed stably (no overflow for large `beta * x`)."""
+  """`softplus(beta * x) / beta`, computed stably (no overflow for large `beta * x`).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import softplus_denominator
+    >>> print(softplus_denominator(jnp.array([0.0, 1.0]), 50.0))  # log(2) / 50 at 0, ~x for large x
+    [0.01386... 1.        ]
+  """
   return jax.nn.softplus(beta * x) / beta
 
 
@@ -59,6 +66,13 @@ class ScaleBySadamState(NamedTuple):
     mu: first moment (float32 or wider).
     nu: second moment (float32 or wider).
     nu_max: running maximum of `nu` (AMSGrad), or None without `amsgrad`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim import scale_by_sadam
+    >>> state = scale_by_sadam().init({"w": jnp.ones(2, jnp.bfloat16)})
+    >>> state.nu_max["w"].dtype
+    dtype('float32')
   """
 
   count: jax.Array
@@ -84,10 +98,19 @@ def scale_by_sadam(
 
   Returns:
     An `optax.GradientTransformationExtraArgs` (state `ScaleBySadamState`).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import scale_by_sadam
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(scale_by_sadam(beta=50.0), optax.scale_by_learning_rate(1e-3))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
   """
   _checks.check_unit_interval("b1", b1)
   _checks.check_unit_interval("b2", b2)
   _checks.check_positive("beta", beta)
+  _checks.check_bool("amsgrad", amsgrad)
 
   def init_fn(params):
     return ScaleBySadamState(
@@ -98,10 +121,11 @@ def scale_by_sadam(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    _common.check_params(updates, params, "scale_by_sadam")
     count = numerics.safe_increment(state.count)
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+    mu = _common.update_moment(updates, state.mu, b1)
+    nu = _common.update_moment(updates, state.nu, b2, order=2)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
     step_size = _common.folded_bias_correction(b1, b2, count)
     out = jax.tree.map(

@@ -63,6 +63,13 @@ class StableWeightDecayState(NamedTuple):
     count: number of updates so far (int32), for the bias correction of `nu`.
     nu: the wrapper's own EMA of squared gradients, or None when `second_moment` is given.
     inner_state: the wrapped transform's state.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import with_stable_weight_decay
+    >>> state = with_stable_weight_decay(optax.scale_by_adam()).init({"w": jnp.ones(2)})
+    >>> state.count, state.nu["w"]
+    (Array(0, dtype=int32), Array([0., 0.], dtype=float32))
   """
 
   count: jax.Array
@@ -78,7 +85,17 @@ def mean_second_moment(nu_hat: optax.Updates) -> jax.Array:
 
 
 def adam_second_moment(state: optax.ScaleByAdamState, b2) -> optax.Updates:
-  """The bias-corrected second moment of an updated `optax.scale_by_adam` state."""
+  """The bias-corrected second moment of an updated `optax.scale_by_adam` state.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import adam_second_moment, with_stable_weight_decay
+    >>> opt = with_stable_weight_decay(
+    ...     optax.scale_by_adam(b2=0.999), 1e-4,
+    ...     second_moment=lambda s: adam_second_moment(s, 0.999))
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, opt.init(params), params)
+  """
   return _common.debias(state.nu, b2, state.count)
 
 
@@ -106,6 +123,15 @@ def with_stable_weight_decay(
   Returns:
     An `optax.GradientTransformationExtraArgs` (state `StableWeightDecayState`); the decay reads
     `params`, which `update` therefore requires.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import with_stable_weight_decay
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> opt = optax.chain(with_stable_weight_decay(optax.scale_by_adam(), weight_decay=1e-4),
+    ...                   optax.scale_by_learning_rate(1e-3))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, state, params)
   """
   _checks.check_non_negative("weight_decay", weight_decay)
   _checks.check_unit_interval("b2", b2)
@@ -118,11 +144,11 @@ def with_stable_weight_decay(
     return StableWeightDecayState(jnp.zeros([], jnp.int32), own_nu, inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
-    _common.require_params(params, "with_stable_weight_decay")
+    _common.require_params(params, "with_stable_weight_decay", updates=updates)
     count = numerics.safe_increment(state.count)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     if second_moment is None:
-      nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, updates)
+      nu = _common.update_moment(updates, state.nu, b2, order=2)
       nu_hat = _common.debias(nu, b2, count)
     else:
       nu, nu_hat = None, second_moment(inner_state)
@@ -164,6 +190,16 @@ def adams(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import adams
+    >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    >>> opt = adams(1e-3, weight_decay=1e-4)
+    >>> state = opt.init(params)
+    >>> grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.ones(2)}
+    >>> updates, state = opt.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
   """
   _checks.check_unit_interval("b1", b1)
   # Moments in float32 even for float16 params: eps = 1e-8 underflows in float16 (0 / 0 = NaN).

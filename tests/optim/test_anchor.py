@@ -1,7 +1,5 @@
 """Decay toward an anchor (L2 / EWC) against autodiff of the penalty and hand-computed values."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,15 +103,3 @@ def test_split_digits_tasks_hold_only_their_classes():
     split_by_class(tasks[0], [(0, 1), (1, 2)])
   with pytest.raises(ValueError, match="classes_per_task"):
     split_digits(3)
-
-
-def test_experiment_quick_run(tmp_path):
-  from experiments import rehearsal_free_cl_l2_split_digits as experiment
-
-  experiment.run(quick=True, out=tmp_path, seed=0)
-  saved = json.loads((tmp_path / f"{experiment.NAME}.json").read_text())
-  assert (tmp_path / f"{experiment.NAME}.png").exists()
-  assert saved["claim_held"] is None
-  assert set(saved["metrics"]["final_average_accuracy"]) == {"none", "l2", "ewc"}
-  for value in saved["metrics"]["final_average_accuracy"].values():
-    assert 0.0 <= value <= 1.0

@@ -1,5 +1,7 @@
 """Tests for `jaxlearn.optim._common`: the alias pieces, the inject_hyperparams mask trap, and the
-pieces every optimizer shares (dtype policy, moments, checks, proximal L1).
+pieces every optimizer shares (dtype policy, moments, checks, proximal L1), and the shared bad-input
+checks run by every jaxlearn optimizer and transform (update shapes, parameter dtypes, flags,
+dtypes, axes).
 
 References are hand-computed: an alias over `optax.identity()` performs
 `update = -lr * (g + weight_decay * mask * w)`, which NumPy evaluates directly.
@@ -7,12 +9,15 @@ References are hand-computed: an alias over `optax.identity()` performs
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from jaxlearn import optim, registry
 from jaxlearn.optim import _common, adamp, inject_hyperparams
 
 
@@ -322,3 +327,121 @@ def test_method_modules_import_only_common_and_their_parts():
       assert source in COMPOSED_OF.get(path.stem, ()), f"{path.stem} imports from {source}"
       private = [a.name for a in node.names if a.name.startswith("_")]
       assert not private, f"{path.stem} imports private names {private} from {source}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input gets a clear error: update shapes, parameter dtypes, flags, dtypes and axes.
+
+
+def _registered_aliases():
+  """Every registered jaxlearn optimizer alias, with the arguments needed to build and step it."""
+  cases = []
+  for method, symbol in registry.optimizer_aliases():
+    if not symbol.startswith("jaxlearn."):
+      continue
+    factory = registry.resolve(symbol)
+    kwargs = {"learning_rate": 0.1}
+    if "num_iterations" in inspect.signature(factory).parameters:
+      kwargs["num_iterations"] = None
+    extras = {"margins": jnp.ones(4)} if "margins" in method.update_extras else {}
+    cases.append(pytest.param(lambda f=factory, k=kwargs: f(**k), extras, id=symbol.rsplit(".")[-1]))
+  return cases
+
+
+def _transforms():
+  """The jaxlearn transforms (scale_by_*, wrappers and tricks), built with small arguments.
+
+  Not `compute_in_float32`: it wraps any optax transform and keeps non-float leaves as they are
+  (`tests/optim/test_lion.py`); the jaxlearn transforms built on it check their params."""
+  makers = {
+      "scale_by_adamp": optim.scale_by_adamp, "scale_by_sgdp": optim.scale_by_sgdp,
+      "scale_by_lion": optim.scale_by_lion, "scale_by_novograd": optim.scale_by_novograd,
+      "scale_by_grams": optim.scale_by_grams, "scale_by_gravity": optim.scale_by_gravity,
+      "scale_by_optimistic_amsgrad": optim.scale_by_optimistic_amsgrad,
+      "scale_by_nag_gs": lambda: optim.scale_by_nag_gs(0.1),
+      "scale_by_pnm": optim.scale_by_pnm, "scale_by_adapnm": optim.scale_by_adapnm,
+      "scale_by_sadam": optim.scale_by_sadam,
+      "with_stable_weight_decay": lambda: optim.with_stable_weight_decay(optax.scale_by_adam()),
+      "adaptive_grad_clip": lambda: optim.adaptive_grad_clip(0.01),
+      "decay_to_anchor": lambda: optim.decay_to_anchor(0.1),
+      "clip_by_global_norm": lambda: optim.clip_by_global_norm(1.0),
+      "add_gradient_noise": lambda: optim.add_gradient_noise(0.01),
+      "half_fine_tuning": lambda: optim.half_fine_tuning(),
+      "centralize_gradients": optim.centralize_gradients,
+      "normalize_gradients": optim.normalize_gradients,
+      "add_norm_loss": optim.add_norm_loss, "lookahead_sync": optim.lookahead_sync,
+      "orthogonalize_gradients": optim.orthogonalize_gradients,
+      "soft_threshold": lambda: optim.soft_threshold(0.1),
+      "decayed_weights": lambda: optim.decayed_weights(0.1),
+  }
+  return [pytest.param(make, {}, id=name) for name, make in makers.items()]
+
+
+ALL_OPTIMIZERS = _registered_aliases() + _transforms()
+
+
+def _trace_update(optimizer, extras, grads, params):
+  """Traces one update (shapes and dtypes only, nothing is computed)."""
+  state = optimizer.init(params)
+  return jax.eval_shape(lambda g, s, p: optimizer.update(g, s, p, **extras), grads, state, params)
+
+
+@pytest.mark.parametrize("make, extras", ALL_OPTIMIZERS)
+def test_updates_that_only_broadcast_against_params_are_rejected(make, extras):
+  """A (4,) update for a (1,) parameter used to come back (4,)-shaped, and optax.apply_updates
+  then silently changed the parameter's shape."""
+  params = {"w": jnp.ones((3, 4)), "b": jnp.ones((1,))}
+  grads = {"w": jnp.ones((3, 4)), "b": jnp.ones((4,))}
+  with pytest.raises(ValueError, match=r"updates\['b'\] has shape \(4,\).*params\['b'\] .*\(1,\)"):
+    _trace_update(make(), extras, grads, params)
+
+
+@pytest.mark.parametrize("make, extras", ALL_OPTIMIZERS)
+def test_integer_params_are_rejected(make, extras):
+  """Integer parameters used to be accepted and every update truncated (5 - 0.1 -> 4)."""
+  params = {"w": jnp.ones((3, 4)), "b": jnp.asarray([5, 3, 2, 1], jnp.int32)}
+  grads = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+  with pytest.raises(ValueError, match=r"params\['b'\] has dtype int32"):
+    _trace_update(make(), extras, grads, params)
+
+
+def test_check_params_accepts_matching_float_trees_and_masked_leaves():
+  grads = {"w": jnp.ones((3, 2), jnp.bfloat16), "b": optax.MaskedNode()}
+  params = {"w": jnp.ones((3, 2)), "b": optax.MaskedNode()}
+  _common.check_params(grads, params, "test")
+  _common.check_params(grads, None, "test")  # nothing to compare against
+  with pytest.raises(ValueError, match=r"test: updates\['w'\] has dtype int32"):
+    _common.check_params({"w": jnp.ones((3, 2), jnp.int32)}, {"w": jnp.ones((3, 2))}, "test")
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: adamp(0.1, nesterov="yes"), "nesterov"),
+    (lambda: optim.sgdp(0.1, momentum=0.9, nesterov=1), "nesterov"),
+    (lambda: optim.lion(0.1, mu_dtype=jnp.int32), "mu_dtype"),
+    (lambda: optim.novograd(0.1, mu_dtype="int8"), "mu_dtype"),
+    (lambda: optim.novograd(0.1, grad_averaging="no"), "grad_averaging"),
+    (lambda: optim.grams(0.1, correct_bias=None), "correct_bias"),
+    (lambda: optim.adapnm(0.1, amsgrad="yes"), "amsgrad"),
+    (lambda: optim.ranger21(0.1, None, use_gc="yes"), "use_gc"),
+    (lambda: optim.decay_to_anchor(0.1, weighted=1), "weighted"),
+    (lambda: optim.adamp(0.1, channel_axis=1.5), "channel_axis"),
+], ids=["adamp_nesterov", "sgdp_nesterov", "lion_mu_dtype", "novograd_mu_dtype",
+        "novograd_grad_averaging", "grams_correct_bias", "adapnm_amsgrad", "ranger21_use_gc",
+        "anchor_weighted", "adamp_channel_axis_float"])
+def test_flags_and_dtypes_are_checked_when_built(make, name):
+  """nesterov='yes' used to be accepted (truthy), and mu_dtype=int32 gave all-zero updates."""
+  with pytest.raises(ValueError, match=name):
+    make()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: adamp(0.1, channel_axis=2),
+    lambda: optim.sgdp(0.1, channel_axis=-3),
+    lambda: optim.centralize_gradients(channel_axis=2),
+    lambda: optim.add_norm_loss(channel_axis=-3),
+], ids=["adamp", "sgdp", "centralize_gradients", "add_norm_loss"])
+def test_an_out_of_range_channel_axis_raises_instead_of_wrapping(make):
+  """channel_axis=2 on a (3, 2) kernel used to wrap around to axis 0."""
+  params = {"w": jnp.ones((3, 2))}
+  with pytest.raises(ValueError, match=r"channel_axis=-?\d+ is out of range .* 2 dimensions"):
+    _trace_update(make(), {}, params, params)

@@ -141,25 +141,3 @@ def test_bfloat16_gradients_keep_dtype_and_float32_state():
   updates, state = opt.update(jnp.full(4, 0.5, jnp.bfloat16), state, params)
   assert updates.dtype == jnp.bfloat16
   assert state[0].mu.dtype == jnp.float32
-
-
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [({"b1": 1.0}, "b1"), ({"b2": -0.1}, "b2"), ({"eps": -1.0}, "eps"),
-     ({"learning_rate": -1.0}, "learning_rate"), ({"weight_decay": -1.0}, "weight_decay"),
-     ({"b1": float("nan")}, "b1")],
-)
-def test_bad_hyperparameters_raise(kwargs, name):
-  with pytest.raises(ValueError, match=name):
-    grams(**kwargs)
-
-
-def test_experiment_smoke(out_dir):
-  from experiments import grams_vs_adam_lion as experiment
-
-  record = experiment.run(quick=True, out=out_dir, seed=0)
-  assert (out_dir / "grams_vs_adam_lion.json").is_file()
-  assert (out_dir / "grams_vs_adam_lion.png").is_file()
-  for name in ("grams", "adam", "lion"):
-    assert np.isfinite(record["metrics"]["digits_final_train_loss"][name])
-    assert np.isfinite(record["metrics"]["rosenbrock_final_value"][name])

@@ -132,22 +132,50 @@ def test_jit_vmap_and_inject_hyperparams():
   np.testing.assert_allclose(batched[1], 2.0 * batched[0], rtol=1e-6)
 
 
+def _quadratic_losses(opt, steps=60):
+  """Losses of a small quadratic 0.5 * sum(c * (x - 1)^2) over `steps` jitted steps."""
+  curvature = jnp.asarray([1.0, 3.0, 0.5, 2.0])
+  loss = lambda x: 0.5 * jnp.sum(curvature * jnp.square(x - 1.0))
+
+  def step(carry, _):
+    x, state = carry
+    value, g = jax.value_and_grad(loss)(x)
+    updates, state = opt.update(g, state, x)
+    return (optax.apply_updates(x, updates), state), value
+
+  x0 = jnp.zeros(4)
+  return np.asarray(jax.lax.scan(step, (x0, opt.init(x0)), None, length=steps)[1])
+
+
+def test_a_warmup_schedule_needs_and_uses_initial_learning_rate():
+  """A warm-up starting at 0 used to give V_{-1} ~ N(0, inf): NaN from the first step (and a
+  start at 1e-6 diverged). The spread is now alpha / initial_learning_rate, given explicitly."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 0.5, warmup_steps=10, decay_steps=100)
+  with pytest.raises(ValueError, match="initial_learning_rate"):
+    gravity(schedule)
+  losses = _quadratic_losses(gravity(schedule, initial_learning_rate=0.5, key=1), steps=100)
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 1e-3 * losses[0] and losses[50] < losses[10] < losses[0]
+  state = scale_by_gravity(schedule, alpha=0.01, initial_learning_rate=0.5).init(jnp.zeros(10_000))
+  assert abs(float(jnp.std(state.velocity)) / 0.02 - 1.0) < 0.05  # alpha / 0.5, not alpha / 0
+
+
+def test_initial_learning_rate_overrides_a_constant_learning_rate():
+  params = jnp.zeros(10_000)
+  default = scale_by_gravity(0.2, alpha=0.01, key=3).init(params).velocity
+  explicit = scale_by_gravity(0.2, alpha=0.01, key=3, initial_learning_rate=0.2).init(params).velocity
+  np.testing.assert_array_equal(default, explicit)
+  other = scale_by_gravity(0.2, alpha=0.01, key=3, initial_learning_rate=0.1).init(params).velocity
+  np.testing.assert_allclose(other, 2.0 * default, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"learning_rate": 0.0}, "learning_rate"), ({"alpha": -0.1}, "alpha"),
-     ({"beta": 1.0}, "beta"), ({"key": 1.5}, "key"), ({"key": True}, "key")],
+     ({"beta": 1.0}, "beta"), ({"key": 1.5}, "key"), ({"key": True}, "key"),
+     ({"initial_learning_rate": 0.0}, "initial_learning_rate"),
+     ({"learning_rate": lambda count: 0.1, "initial_learning_rate": None}, "initial_learning_rate")],
 )
 def test_bad_arguments_raise(kwargs, name):
   with pytest.raises(ValueError, match=name):
     gravity(**kwargs)
-
-
-def test_experiment_smoke(out_dir):
-  from experiments import gravity_optimizer_seed_variance as experiment
-
-  record = experiment.run(quick=True, out=out_dir, seed=0)
-  assert (out_dir / "gravity_optimizer_seed_variance.json").is_file()
-  assert (out_dir / "gravity_optimizer_seed_variance.png").is_file()
-  for name in ("gravity", "adam", "rmsprop"):
-    assert np.isfinite(record["metrics"]["final_test_accuracy_mean"][name])
-    assert np.isfinite(record["metrics"]["final_test_accuracy_std"][name])

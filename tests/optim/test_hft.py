@@ -1,12 +1,8 @@
 """Half Fine-Tuning: the mask's counts, redraws, categories and determinism, by hand."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import pytest
 
 from jaxlearn import optim
 
@@ -67,24 +63,3 @@ def test_fraction_rounds_half_up_and_works_under_inject_hyperparams():
   assert all(len(s) == 1 for s in _trained(optim.half_fine_tuning(0.2), params, 3))
   injected = optim.inject_hyperparams(optim.half_fine_tuning, static_args=("seed",))(0.2)
   assert all(len(s) == 1 for s in _trained(injected, params, 3))
-
-
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(fraction=1.5), "fraction"), (dict(fraction=-0.1), "fraction"),
-    (dict(stage_length=0), "stage_length"), (dict(seed=0.5), "seed"),
-])
-def test_bad_arguments_raise(kwargs, name):
-  with pytest.raises(ValueError, match=name):
-    optim.half_fine_tuning(**kwargs)
-
-
-def test_experiment_quick_run(tmp_path):
-  from experiments import hft_half_fine_tuning_forgetting as experiment
-
-  experiment.run(quick=True, out=tmp_path, seed=0)
-  saved = json.loads((tmp_path / f"{experiment.NAME}.json").read_text())
-  assert (tmp_path / f"{experiment.NAME}.png").exists()
-  assert saved["claim_held"] is None
-  for key in ("old_task_accuracy", "new_task_accuracy"):
-    assert set(saved["metrics"][key]) == {"full", "hft"}
-    assert all(0.0 <= v <= 1.0 for v in saved["metrics"][key].values())

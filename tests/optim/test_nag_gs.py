@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlearn.optim import inject_hyperparams, nag_gs, scale_by_nag_gs
+from jaxlearn.optim import inject_hyperparams, nag_gs
 
 RNG = np.random.default_rng(0)
 Q = RNG.normal(size=(6, 6))
@@ -128,24 +128,3 @@ def test_zero_step_is_no_update_and_dtype_kept():
   u, state = opt.update(jnp.ones(3, jnp.bfloat16), state, x)
   assert u.dtype == jnp.bfloat16 and state.v.dtype == jnp.float32
   np.testing.assert_array_equal(u, jnp.zeros(3))
-
-
-def test_needs_params_and_validates():
-  opt = scale_by_nag_gs()
-  with pytest.raises(ValueError, match="params"):
-    opt.update(jnp.ones(2), opt.init(jnp.ones(2)))
-  for kwargs, name in [({"learning_rate": -0.1}, "learning_rate"), ({"mu": -1.0}, "mu"),
-                       ({"gamma": 0.0}, "gamma")]:
-    with pytest.raises(ValueError, match=name):
-      nag_gs(**kwargs)
-
-
-def test_experiment_smoke(out_dir):
-  from experiments import nag_gs_step_size_stability as experiment
-
-  record = experiment.run(quick=True, out=out_dir, seed=0)
-  assert (out_dir / "nag_gs_step_size_stability.json").is_file()
-  assert (out_dir / "nag_gs_step_size_stability.png").is_file()
-  for name in ("nag_gs", "sgd_momentum"):
-    assert record["metrics"]["quadratic"][name]["stable_count"] >= 0
-    assert np.isfinite(record["metrics"]["quadratic"][name]["best_final_loss"])

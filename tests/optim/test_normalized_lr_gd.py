@@ -120,15 +120,3 @@ def test_inject_hyperparams_and_dtype():
   assert u3.dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="learning_rate"):
     normalized_lr_gd(-1.0)
-
-
-def test_experiment_smoke(out_dir):
-  from experiments import normalized_lr_gd_perceptron as experiment
-
-  record = experiment.run(quick=True, out=out_dir, seed=0)
-  assert (out_dir / "normalized_lr_gd_perceptron.json").is_file()
-  assert (out_dir / "normalized_lr_gd_perceptron.png").is_file()
-  for name in ("worst_case", "balanced", "imbalanced"):
-    result = record["metrics"]["results"][name]
-    assert len(result["lr_gd"]["iterations_to_separate"]) == 4
-    assert all(np.isfinite(result["lr_gd"]["loss_at_iteration_5"]))

@@ -105,24 +105,3 @@ def test_dtypes():
   updates, state = opt.update(jnp.ones(3, jnp.bfloat16), opt.init(params), params)
   assert updates.dtype == jnp.bfloat16
   assert state[0].history.dtype == jnp.float32
-
-
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [({"span": 0}, "span"), ({"span": 2.5}, "span"), ({"span": True}, "span"),
-     ({"ridge": 0.0}, "ridge"), ({"eps": 0.0}, "eps"), ({"b2": 1.0}, "b2"),
-     ({"learning_rate": -1.0}, "learning_rate"), ({"weight_decay": -1.0}, "weight_decay")],
-)
-def test_bad_arguments_raise(kwargs, name):
-  with pytest.raises(ValueError, match=name):
-    optimistic_amsgrad(**kwargs)
-
-
-def test_experiment_smoke(out_dir):
-  from experiments import optimistic_amsgrad_steps_to_target as experiment
-
-  record = experiment.run(quick=True, out=out_dir, seed=0)
-  assert (out_dir / "optimistic_amsgrad_steps_to_target.json").is_file()
-  assert (out_dir / "optimistic_amsgrad_steps_to_target.png").is_file()
-  for row in record["metrics"]["table"]:
-    assert np.isfinite(row["final_loss_optimistic"]) and np.isfinite(row["final_loss_amsgrad"])

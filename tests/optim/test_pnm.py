@@ -23,8 +23,12 @@ def _problem(seed=0):
 
 
 def numpy_pnm(params, grads, lr, b1, b0, wd, adaptive=False, b2=0.999, eps=1e-8, amsgrad=True,
-              softplus_beta=None):
-  """zeke-xie/Positive-Negative-Momentum pnm.py / adapnm.py (decoupled decay), float64."""
+              softplus_beta=None, pytorch_optimizer_eps=False):
+  """zeke-xie/Positive-Negative-Momentum pnm.py / adapnm.py (decoupled decay), float64.
+
+  `pytorch_optimizer_eps`: pytorch-optimizer AdaPNM's denominator
+  (sqrt(v_max + 1e-15) + eps) / sqrt(1 - b2^t) instead of the official sqrt(v_max) / sqrt(1 - b2^t)
+  + eps."""
   theta = {k: v.astype(np.float64) for k, v in params.items()}
   buffers = [{k: np.zeros_like(v) for k, v in theta.items()} for _ in range(2)]
   v = {k: np.zeros_like(x) for k, x in theta.items()}
@@ -42,6 +46,8 @@ def numpy_pnm(params, grads, lr, b1, b0, wd, adaptive=False, b2=0.999, eps=1e-8,
       v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
       v_max[k] = np.maximum(v_max[k], v[k])
       denom = np.sqrt(v_max[k] if amsgrad else v[k]) / math.sqrt(1 - b2**t) + eps
+      if pytorch_optimizer_eps:
+        denom = (np.sqrt((v_max[k] if amsgrad else v[k]) + 1e-15) + eps) / math.sqrt(1 - b2**t)
       if softplus_beta is not None:
         denom = np.logaddexp(0.0, softplus_beta * denom) / softplus_beta
       theta[k] = theta[k] - lr / (1 - b1**t) * direction / denom
@@ -102,6 +108,29 @@ def test_matches_pytorch_optimizer(adaptive):
   _close(got, {k: t.detach().numpy() for k, t in tensors.items()})
 
 
+@pytest.mark.parity
+def test_pytorch_optimizer_adapnm_scales_eps_by_the_bias_correction():
+  """The official AdaPNM (and jaxlearn) divides by sqrt(v_max) / sqrt(1 - b2^t) + eps;
+  pytorch-optimizer divides by (sqrt(v_max + 1e-15) + eps) / sqrt(1 - b2^t), an eps larger by
+  1 / sqrt(1 - b2^t) (31.6x at t = 1). Visible for gradients of the order of eps."""
+  torch = pytest.importorskip("torch")
+  pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+  params, grads = _problem(3)
+  grads = [{k: 1e-8 * v for k, v in g.items()} for g in grads]
+  tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+  reference = pytorch_optimizer.AdaPNM(list(tensors.values()), lr=0.01)
+  for g in grads:
+    for k, t in tensors.items():
+      t.grad = torch.tensor(g[k], dtype=torch.float64)
+    reference.step()
+  theirs = {k: t.detach().numpy() for k, t in tensors.items()}
+  ours, _ = run_optimizer(optim.adapnm(0.01), params, grads)
+  _close(theirs, numpy_pnm(params, grads, 0.01, 0.9, 1.0, 0.0, adaptive=True,
+                           pytorch_optimizer_eps=True))
+  _close(ours, numpy_pnm(params, grads, 0.01, 0.9, 1.0, 0.0, adaptive=True))
+  assert max(np.max(np.abs(ours[k] - params[k]) - np.abs(theirs[k] - params[k])) for k in ours) > 1e-3
+
+
 def test_inject_hyperparams_matches_plain_and_keeps_dtypes():
   params, grads = _problem(4)
   plain, _ = run_optimizer(optim.adapnm(0.01, b0=0.7, weight_decay=0.1), params, grads)
@@ -112,6 +141,21 @@ def test_inject_hyperparams_matches_plain_and_keeps_dtypes():
   bf16 = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
   updates, _ = optim.scale_by_adapnm().update(bf16, optim.scale_by_adapnm().init(bf16))
   assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+
+
+def test_bfloat16_gradients_give_the_float32_state():
+  """Both momentum buffers and the second moment cast the gradient to float32 before
+  (1 - b) * g (`_common.update_moment`); they used to round it to bfloat16 first."""
+  rng = np.random.default_rng(5)
+  grads = [jnp.asarray(rng.normal(size=(4, 3)), jnp.bfloat16) for _ in range(3)]
+  transform = optim.scale_by_adapnm()
+  low = high = transform.init(jnp.zeros((4, 3)))
+  for g in grads:
+    low = transform.update(g, low)[1]
+    high = transform.update(g.astype(jnp.float32), high)[1]
+  for name in ("mu_odd", "mu_even", "nu", "nu_max"):
+    assert getattr(low, name).dtype == jnp.float32
+    np.testing.assert_array_equal(getattr(low, name), getattr(high, name), err_msg=name)
 
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -51,6 +51,21 @@ def test_sadam_matches_numpy_transcription(amsgrad, beta):
     np.testing.assert_allclose(p[k], want[k], rtol=1e-5, atol=1e-6)
 
 
+def test_bfloat16_gradients_give_the_float32_state():
+  """The moments cast the gradient to float32 before (1 - b) * g (`_common.update_moment`); they
+  used to round (1 - b) * g and g**2 to bfloat16 first."""
+  rng = np.random.default_rng(5)
+  grads = [jnp.asarray(rng.normal(size=(4, 3)), jnp.bfloat16) for _ in range(3)]
+  transform = optim.scale_by_sadam()
+  low = high = transform.init(jnp.zeros((4, 3)))
+  for g in grads:
+    low = transform.update(g, low)[1]
+    high = transform.update(g.astype(jnp.float32), high)[1]
+  for name in ("mu", "nu", "nu_max"):
+    assert getattr(low, name).dtype == jnp.float32
+    np.testing.assert_array_equal(getattr(low, name), getattr(high, name), err_msg=name)
+
+
 @pytest.mark.parametrize("kwargs, name", [(dict(beta=0.0), "beta"), (dict(b1=1.0), "b1")])
 def test_bad_arguments_raise(kwargs, name):
   with pytest.raises(ValueError, match=name):

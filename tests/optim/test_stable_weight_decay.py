@@ -91,6 +91,21 @@ def test_all_zero_gradients_apply_no_decay_instead_of_dividing_by_zero():
   assert float(updates["w"][0, 0]) < 0.0
 
 
+def test_bfloat16_gradients_give_the_float32_second_moment():
+  """The wrapper's own second moment casts the gradient to float32 before (1 - b2) * g**2
+  (`_common.update_moment`); it used to square and scale it in bfloat16."""
+  rng = np.random.default_rng(5)
+  grads = [jnp.asarray(rng.normal(size=(4, 3)), jnp.bfloat16) for _ in range(3)]
+  params = jnp.ones((4, 3))
+  transform = optim.with_stable_weight_decay(optim.scale_by_adapnm(), 1e-2)
+  low = high = transform.init(params)
+  for g in grads:
+    low = transform.update(g, low, params)[1]
+    high = transform.update(g.astype(jnp.float32), high, params)[1]
+  assert low.nu.dtype == jnp.float32
+  np.testing.assert_array_equal(low.nu, high.nu)
+
+
 @pytest.mark.parity
 def test_adams_matches_pytorch_optimizer():
   torch = pytest.importorskip("torch")
