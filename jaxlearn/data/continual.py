@@ -27,6 +27,18 @@ def split_by_class(data: Dataset, tasks: Sequence[Sequence[int]]) -> list[Datase
 
   Returns:
     One `Dataset` per task (same `num_classes` as `data`, labels unchanged).
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxlearn.data import Dataset
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(64, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)
+    >>> data = Dataset(x[:48], y[:48], x[48:], y[48:], num_classes=2)
+    >>> from jaxlearn.data import split_by_class
+    >>> first, second = split_by_class(data, [(0,), (1,)])
+    >>> set(first.y_train.tolist()), set(second.y_train.tolist())
+    ({0}, {1})
   """
   seen = [int(c) for task in tasks for c in task]
   if not tasks or any(len(task) == 0 for task in tasks):
@@ -45,7 +57,15 @@ def split_by_class(data: Dataset, tasks: Sequence[Sequence[int]]) -> list[Datase
 
 
 def merge(tasks: Sequence[Dataset]) -> Dataset:
-  """The union of several tasks (e.g. all tasks seen so far, for the average-accuracy metric)."""
+  """The union of several tasks (e.g. all tasks seen so far, for the average-accuracy metric).
+
+  Example:
+    >>> from jaxlearn.data import merge_tasks, split_digits
+    >>> tasks = split_digits(classes_per_task=5)
+    >>> seen = merge_tasks(tasks[:2])  # all tasks so far, for the average accuracy
+    >>> sorted(set(seen.y_test.tolist()))
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+  """
   if not tasks:
     raise ValueError("tasks must be non-empty")
   cat = lambda field: np.concatenate([getattr(t, field) for t in tasks])
@@ -64,7 +84,13 @@ def split_digits(
     seed: the seed of `load_digits`'s train/test split.
 
   Returns:
-    The list of task `Dataset`s (flat float32 inputs of 64 pixels, global int32 labels).
+    The list of task datasets, `Dataset` (flat float32 inputs of 64 pixels, global int32 labels).
+
+  Example:
+    >>> from jaxlearn.data import split_digits
+    >>> tasks = split_digits(classes_per_task=2)  # {0, 1}, {2, 3}, ..., {8, 9}
+    >>> len(tasks), sorted(set(tasks[1].y_train.tolist()))
+    (5, [2, 3])
   """
   if isinstance(classes_per_task, bool) or classes_per_task not in (1, 2, 5, 10):
     raise ValueError(f"classes_per_task must be one of (1, 2, 5, 10), got {classes_per_task!r}")

@@ -22,6 +22,12 @@ def load_digits(*, flat: bool = True, test_fraction: float = 0.2, seed: int = 0)
 
   Returns:
     A `Dataset` with float32 inputs and int32 labels in [0, 10).
+
+  Example:
+    >>> from jaxlearn.data import load_digits
+    >>> data = load_digits(flat=False)
+    >>> data.x_train.shape[1:], data.num_classes
+    ((8, 8, 1), 10)
   """
   try:
     from sklearn.datasets import load_digits as sklearn_digits

@@ -29,6 +29,12 @@ class Graph(NamedTuple):
     val_mask: bool (N,).
     test_mask: bool (N,).
     num_classes: number of classes.
+
+  Example:
+    >>> from jaxlearn.data import stochastic_block_model
+    >>> graph = stochastic_block_model(num_nodes=30, num_classes=3, feature_dim=4)
+    >>> graph.adjacency.shape, graph.features.shape, int(graph.train_mask.sum())
+    ((30, 30), (30, 4), 6)
   """
 
   adjacency: np.ndarray
@@ -91,6 +97,14 @@ def stochastic_block_model(
   Returns:
     A `Graph`; labels are balanced (class sizes differ by at most one) and assigned to nodes in a
     random order.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxlearn.data import stochastic_block_model
+    >>> graph = stochastic_block_model(num_nodes=30, num_classes=3, p_in=0.5, p_out=0.0)
+    >>> a, y = graph.adjacency, graph.labels
+    >>> bool(np.all(a[y[:, None] != y[None, :]] == 0))  # p_out = 0: no edge between classes
+    True
   """
   _checks.check_positive_int("num_classes", num_classes)
   if num_classes < 2:

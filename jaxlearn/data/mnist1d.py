@@ -47,6 +47,12 @@ def load_mnist1d(
   Returns:
     A `Dataset` with x of shape (n, final_seq_length) float32 and labels int32 in [0, 10);
     n_train = floor(num_samples * train_split).
+
+  Example:
+    >>> from jaxlearn.data import load_mnist1d
+    >>> data = load_mnist1d(num_samples=100)
+    >>> data.x_train.shape, data.num_classes
+    ((80, 40), 10)
   """
   _checks.check_positive_int("num_samples", num_samples)
   if num_samples % 10:

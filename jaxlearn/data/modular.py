@@ -49,6 +49,12 @@ def modular_arithmetic(
     A `Dataset` whose inputs are int32 token pairs (a, b) of shape (n, 2) (see `one_hot_pairs`
     for the (n, 2p) float encoding an MLP takes) and whose labels are int32 in [0, p);
     num_classes = p.
+
+  Example:
+    >>> from jaxlearn.data import modular_arithmetic
+    >>> data = modular_arithmetic(7, operation="add", train_fraction=0.5)
+    >>> len(data.x_train) + len(data.x_test)  # every pair (a, b) of Z_7 x Z_7
+    49
   """
   _checks.check_choice("operation", operation, OPERATIONS)
   if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 2:
@@ -82,6 +88,12 @@ def one_hot_pairs(x: np.ndarray, p: int) -> np.ndarray:
 
   Raises:
     ValueError: if `x` is not an integer array of shape (n, 2) with values in [0, p).
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxlearn.data import one_hot_pairs
+    >>> one_hot_pairs(np.array([[1, 2]]), p=3)
+    array([[0., 1., 0., 0., 0., 1.]], dtype=float32)
   """
   x = np.asarray(x)
   if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:

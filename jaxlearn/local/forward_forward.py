@@ -7,7 +7,7 @@ layers, label embedded in the input); every number the paper leaves open (thresh
 normalization, label value, which layers score a prediction) is taken from Hinton's Matlab release
 that accompanies it (`ffnew.m`, `ffenergytest.m`).
 
-For a layer with activities h (post-ReLU) on input x:
+For a layer with activities h (post-ReLU) on input x::
 
   goodness     G(h)        = sum_j h_j^2
   p(positive)              = sigmoid((G(h) - theta) / T)
@@ -59,7 +59,14 @@ def _non_batch_axes(x: jax.Array) -> tuple[int, ...]:
 
 
 def goodness(h: jax.Array) -> jax.Array:
-  """Sum of squared activities per example (over every non-batch axis), in float32."""
+  """Sum of squared activities per example (over every non-batch axis), in float32.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.local import goodness
+    >>> goodness(jnp.array([[1.0, 2.0], [0.0, 3.0]]))
+    Array([5., 9.], dtype=float32)
+  """
   h = h.astype(jnp.promote_types(h.dtype, jnp.float32))
   return jnp.sum(jnp.square(h), axis=_non_batch_axes(h))
 
@@ -68,6 +75,12 @@ def rms_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
   """x / (sqrt(mean(x^2)) + eps) per example: removes the length (goodness), keeps the direction.
 
   Statistics in float32; the result has x's dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.local import rms_normalize
+    >>> print(rms_normalize(jnp.array([[3.0, 4.0]])))  # mean square 12.5
+    [[0.8485... 1.1313...]]
   """
   x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   rms = jnp.sqrt(jnp.mean(jnp.square(x32), axis=_non_batch_axes(x), keepdims=True))
@@ -75,7 +88,14 @@ def rms_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
 
 
 def embed_label(x: jax.Array, labels: jax.Array, num_classes: int, value: float = 1.0) -> jax.Array:
-  """Replaces the first `num_classes` features of each flat example by `value * one_hot(label)`."""
+  """Replaces the first `num_classes` features of each flat example by `value * one_hot(label)`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.local import embed_label
+    >>> embed_label(jnp.ones((1, 5)), jnp.array([1]), num_classes=3)
+    Array([[0., 1., 0., 1., 1.]], dtype=float32)
+  """
   x = jnp.asarray(x)  # NumPy batches are welcome
   if x.ndim != 2 or x.shape[1] < num_classes:
     raise ValueError(
@@ -94,6 +114,14 @@ def sample_negative_labels(
   With `logits` (shape (batch, num_classes)) the true class is masked out before sampling, so the
   result is never the true label (Hinton's Matlab draws "hard" negatives this way from a softmax
   read-out; FF's own goodness per label also works as logits).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.local import sample_negative_labels
+    >>> labels = jnp.array([0, 1, 2, 3])
+    >>> negatives = sample_negative_labels(jax.random.key(0), labels, num_classes=4)
+    >>> bool(jnp.all(negatives != labels))
+    True
   """
   _checks.check_range("num_classes", num_classes, 2, None)
   if logits is None:
@@ -121,6 +149,17 @@ class ForwardForward(LocalRule):
     eps: added to the RMS in the length normalization (default 1e-8).
     first_scored_block: prediction sums goodness over blocks with index >= this (default 1: all
       but the first hidden layer, as in the paper and the Matlab code).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn import local
+    >>> model = local.LocalModel.mlp([32, 32])
+    >>> rule = local.ForwardForward(num_classes=10)
+    >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
+    >>> state = local.init_train_state(model, rule, optax.adam(1e-3), jax.random.key(0), batch)
+    >>> predict = jax.jit(rule.predict, static_argnums=0)
+    >>> predict(model, state.params, batch["x"]).shape  # the label of highest goodness
+    (8,)
   """
 
   num_classes: int = 10
@@ -195,7 +234,14 @@ class ForwardForward(LocalRule):
 
 
 def layer_loss(positive_logits: jax.Array, negative_logits: jax.Array) -> jax.Array:
-  """-mean log sigmoid(positive) - mean log(1 - sigmoid(negative)), in float32."""
+  """-mean log sigmoid(positive) - mean log(1 - sigmoid(negative)), in float32.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.local import layer_loss
+    >>> print(layer_loss(jnp.array([0.0]), jnp.array([0.0])))  # 2 log 2: undecided
+    1.386...
+  """
   positive = jnp.mean(jax.nn.softplus(-positive_logits.astype(jnp.float32)))
   negative = jnp.mean(jax.nn.softplus(negative_logits.astype(jnp.float32)))
   return positive + negative

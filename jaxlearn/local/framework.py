@@ -72,6 +72,16 @@ class Block(NamedTuple):
   Attributes:
     init: `init(key, example_input) -> params`.
     apply: `apply(params, input) -> output`; input and output may be any pytrees.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn import local
+    >>> block = local.Block(init=lambda key, x: {"w": jnp.ones((x.shape[-1], 2))},
+    ...                     apply=lambda p, x: jax.nn.relu(x @ p["w"]))
+    >>> params = block.init(jax.random.key(0), jnp.ones((4, 5)))
+    >>> block.apply(params, jnp.ones((4, 5))).shape
+    (4, 2)
+    >>> model = local.LocalModel((block, local.dense_block(3)))
   """
 
   init: Callable[[jax.Array, PyTree], PyTree]
@@ -79,7 +89,17 @@ class Block(NamedTuple):
 
 
 def from_linen(module: linen.Module) -> Block:
-  """A `Block` from a Linen module whose only variables are `params`."""
+  """A `Block` from a Linen module whose only variables are `params`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from jaxlearn import local
+    >>> block = local.from_linen(nn.Dense(16))
+    >>> params = block.init(jax.random.key(0), jnp.ones((4, 8)))
+    >>> block.apply(params, jnp.ones((4, 8))).shape
+    (4, 16)
+  """
 
   def init(key, example_input):
     return module.init(key, example_input)["params"]
@@ -96,6 +116,15 @@ def from_nnx(factory: Callable[[nnx.Rngs], nnx.Module]) -> Block:
   Parameters are the module's `nnx.Param` state; modules with other state (batch statistics,
   dropout RNG streams) are rejected, because a block's forward pass must be a pure function of its
   parameters and input.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxlearn import local
+    >>> block = local.from_nnx(lambda rngs: nnx.Linear(8, 16, rngs=rngs))
+    >>> params = block.init(jax.random.key(0), jnp.ones((4, 8)))
+    >>> block.apply(params, jnp.ones((4, 8))).shape
+    (4, 16)
   """
   graphdef, _, rest = nnx.split(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), nnx.Param, ...)
   if jax.tree.leaves(rest):
@@ -120,7 +149,16 @@ def dense_block(
     *,
     kernel_init: Callable[..., jax.Array] = linen.initializers.lecun_normal(),
 ) -> Block:
-  """`activation(x @ W + b)` on inputs of shape (batch, fan_in) (or `x @ W + b` if None)."""
+  """`activation(x @ W + b)` on inputs of shape (batch, fan_in) (or `x @ W + b` if None).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn import local
+    >>> block = local.dense_block(16)
+    >>> params = block.init(jax.random.key(0), jnp.ones((4, 8)))
+    >>> block.apply(params, jnp.ones((4, 8))).shape
+    (4, 16)
+  """
   dense = linen.Dense(features, kernel_init=kernel_init)
   block = from_linen(dense)
   if activation is None:
@@ -135,6 +173,15 @@ class LocalParams(NamedTuple):
     blocks: one parameter pytree per block (the forward computation).
     heads: one auxiliary pytree per block, trained only by that block's objective (None if the
       rule has no head for the block).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn import local
+    >>> model, rule = local.LocalModel.mlp([32, 32]), local.ForwardForward(num_classes=10)
+    >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
+    >>> params, rule_state = model.init(jax.random.key(0), rule, batch)
+    >>> len(params.blocks), params.heads  # Forward-Forward has no heads
+    (2, (None, None))
   """
 
   blocks: tuple[PyTree, ...]
@@ -150,6 +197,13 @@ class LocalContext(NamedTuple):
     key: randomness for this step (rules fold in the block index for per-block noise).
     outputs: every block's output, stopped (None in sequential steps and while computing
       the outputs themselves).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn import local
+    >>> ctx = local.LocalContext(batch={"x": jnp.ones((2, 3))}, state=None, key=None)
+    >>> ctx.outputs is None  # filled with every block's output where a rule needs them
+    True
   """
 
   batch: PyTree
@@ -162,6 +216,14 @@ class LocalRule:
   """Base class of layer-local learning rules; subclasses override `block_loss` and what differs.
 
   Every hook is traced inside one jitted step, so it must be a pure function of its arguments.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn import local
+    >>> class Energy(local.LocalRule):  # each block lowers its own mean squared activity
+    ...   def block_loss(self, index, output, batch, context):
+    ...     return jnp.mean(output ** 2)
+    >>> rule = Energy()
   """
 
   #: True if `block_loss` reads `ctx.outputs` (other blocks' outputs, e.g. top-down signals).
@@ -202,6 +264,16 @@ class LocalModel:
 
   Attributes:
     blocks: the blocks, first to last.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn import local
+    >>> model = local.LocalModel.mlp([32, 16])  # two dense ReLU blocks
+    >>> rule = local.ForwardForward(num_classes=10)
+    >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
+    >>> params, rule_state = model.init(jax.random.key(0), rule, batch)
+    >>> [w["kernel"].shape for w in params.blocks]
+    [(64, 32), (32, 16)]
   """
 
   blocks: tuple[Block, ...]
@@ -280,6 +352,18 @@ def block_losses(
   """Every block's objective, shape (num_blocks,) in float32, and the blocks' outputs.
 
   `detach=False` lets gradients flow across block boundaries (the backprop reference).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn import local
+    >>> model = local.LocalModel.mlp([32, 32])
+    >>> rule = local.ForwardForward(num_classes=10)
+    >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
+    >>> state = local.init_train_state(model, rule, optax.sgd(0.1), jax.random.key(0), batch)
+    >>> losses, outputs = local.block_losses(
+    ...     model, rule, state.params, state.rule_state, batch, jax.random.key(1))
+    >>> losses.shape  # one objective per block
+    (2,)
   """
   ctx = LocalContext(batch, rule_state, key)
   outputs = model.outputs(params.blocks, rule, ctx, detach=detach)
@@ -305,6 +389,17 @@ def local_loss(
   """The sum of the block objectives, and `(per-block losses, outputs)` as auxiliary data.
 
   Its gradient with respect to `params` is the layer-local update of every block at once.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn import local
+    >>> model = local.LocalModel.mlp([32, 32])
+    >>> rule = local.ForwardForward(num_classes=10)
+    >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
+    >>> state = local.init_train_state(model, rule, optax.sgd(0.1), jax.random.key(0), batch)
+    >>> loss_fn = lambda p: local.local_loss(
+    ...     model, rule, p, state.rule_state, batch, jax.random.key(1))[0]
+    >>> grads = jax.jit(jax.grad(loss_fn))(state.params)  # no gradient crosses a block boundary
   """
   losses, outputs = block_losses(model, rule, params, rule_state, batch, key, detach=detach)
   return jnp.sum(losses), (losses, outputs)
@@ -339,7 +434,13 @@ def _sequential_grads(model, rule, params, rule_state, batch, key):
 
 
 class LocalTrainState(NamedTuple):
-  """Everything a layer-local training run carries from step to step."""
+  """Everything a layer-local training run carries from step to step.
+
+  Example:
+    >>> from jaxlearn.local import LocalTrainState
+    >>> LocalTrainState._fields  # what init_train_state returns and local_train_step updates
+    ('params', 'opt_state', 'rule_state', 'step')
+  """
 
   params: LocalParams
   opt_state: PyTree
@@ -354,7 +455,18 @@ def init_train_state(
     key: jax.Array,
     batch: PyTree,
 ) -> LocalTrainState:
-  """Initial parameters, optimizer state and rule state (`batch` gives the shapes)."""
+  """Initial parameters, optimizer state and rule state (`batch` gives the shapes).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn import local
+    >>> model = local.LocalModel.mlp([32, 32])
+    >>> rule = local.ForwardForward(num_classes=10)
+    >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
+    >>> state = local.init_train_state(model, rule, optax.adam(1e-3), jax.random.key(0), batch)
+    >>> len(state.params.blocks)
+    2
+  """
   params, rule_state = model.init(key, rule, batch)
   return LocalTrainState(params, optimizer.init(params), rule_state, jnp.zeros([], jnp.int32))
 
@@ -384,6 +496,17 @@ def local_train_step(
   Returns:
     The step. Metrics: 'loss' (sum over blocks), 'block_losses' (per block), 'grads_finite'
     (False if any gradient is NaN/Inf, so a diverging run cannot go unnoticed).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn import local
+    >>> model = local.LocalModel.mlp([32, 32])
+    >>> rule = local.ForwardForward(num_classes=10)
+    >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
+    >>> optimizer = optax.adam(1e-3)
+    >>> state = local.init_train_state(model, rule, optimizer, jax.random.key(0), batch)
+    >>> step = local.local_train_step(model, rule, optimizer)  # one jitted program
+    >>> state, metrics = step(state, batch, jax.random.key(1))
   """
   if sequential and not detach:
     raise ValueError("sequential=True requires detach=True (it computes block-local gradients)")
@@ -432,7 +555,13 @@ def block_labels(params: LocalParams) -> LocalParams:
 
 
 class FitState(NamedTuple):
-  """The `model_state` that `fit_functions` threads through `jaxlearn.train.fit`."""
+  """The `model_state` that `fit_functions` threads through `jaxlearn.train.fit`.
+
+  Example:
+    >>> from jaxlearn.local import FitState
+    >>> FitState._fields  # fit's model_state for a layer-local model (see fit_functions)
+    ('rule_state', 'key')
+  """
 
   rule_state: PyTree
   key: jax.Array
@@ -456,6 +585,15 @@ def fit_functions(
     rule: the layer-local rule.
     example_batch: a `{'x': ..., 'y': ...}` batch that fixes the parameter shapes.
     predict: `predict(params, x) -> labels`; if given, `eval_fn` reports 'accuracy'.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn import local
+    >>> model = local.LocalModel.mlp([32, 32])
+    >>> rule = local.ForwardForward(num_classes=10)
+    >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
+    >>> loss_fn, init_params, eval_fn = local.fit_functions(model, rule, batch)
+    >>> # then: jaxlearn.train.fit(loss_fn, init_params, make_optimizer, data, has_state=True, ...)
   """
 
   def init_params(key):

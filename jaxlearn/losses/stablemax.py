@@ -13,7 +13,7 @@ StableMax replaces the exponential of the softmax by a function that grows only 
     loss(x, y) = -log StableMax(x)_y.
 
 s is positive, increasing and continuously differentiable (s(0) = s'(0) = 1). Because
-log s(x) = sign(x) log(1 + |x|), StableMax is exactly the softmax of log s(x), which is how
+`log s(x) = sign(x) log(1 + |x|)`, StableMax is exactly the softmax of log s(x), which is how
 `log_stablemax` evaluates it: every intermediate stays finite for any finite logits.
 
 Softmax Collapse (SC): in float32 the sum of exponentials in the softmax absorbs the small
@@ -127,6 +127,12 @@ def stablemax(logits: jax.Array, axis: int = -1) -> jax.Array:
   Returns:
     Non-negative probabilities summing to 1 along `axis`, in the dtype of `logits` (computed in at
     least float32).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.losses import stablemax
+    >>> print(stablemax(jnp.array([1.0, 0.0, -1.0])))  # s = (2, 1, 1/2), normalized
+    [0.5714... 0.2857... 0.1428...]
   """
   logits = float_array(logits, "logits")
   return _stablemax_kernel(logits, _check_axis(axis, logits.ndim))
@@ -145,11 +151,11 @@ def log_stablemax(logits: jax.Array, axis: int = -1) -> jax.Array:
   """log StableMax(x)_i = log s(x_i) - log sum_j s(x_j), along `axis`.
 
   Evaluated as the log-softmax of log s(x), which is the same function: log s never overflows
-  (|log s(x)| = log(1 + |x|)), so values and gradients stay finite for all finite logits. The
+  (`|log s(x)| = log(1 + |x|)`), so values and gradients stay finite for all finite logits. The
   log-softmax sums the non-maximal terms with `log1p`, so the largest entry keeps full relative
   precision: in float32 the loss of a confident example stays positive (log StableMax_y is
   exactly 0 in the official formula `log(s / sum s)` once s_y exceeds the other terms by about
-  2^24). The gradient is d/dx_j log StableMax(x)_i = (1[i = j] - StableMax(x)_j) / (1 + |x_j|).
+  2^24). The gradient is `d/dx_j log StableMax(x)_i = (1[i = j] - StableMax(x)_j) / (1 + |x_j|)`.
 
   Args:
     logits: floating-point array.
@@ -157,6 +163,13 @@ def log_stablemax(logits: jax.Array, axis: int = -1) -> jax.Array:
 
   Returns:
     Log-probabilities in the dtype of `logits` (computed in at least float32).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.losses import log_stablemax
+    >>> log_probs = log_stablemax(jnp.array([1e4, 0.0, -1e4]))
+    >>> bool(jnp.all(jnp.isfinite(log_probs)))
+    True
   """
   logits = float_array(logits, "logits")
   return _log_stablemax_kernel(logits, _check_axis(axis, logits.ndim))
@@ -195,6 +208,13 @@ def stablemax_cross_entropy(
   Raises:
     ValueError: for non-float logits, non-integer labels, mismatched shapes, concrete labels out
       of range, invalid concrete weights or an unknown reduction.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.losses import stablemax_cross_entropy
+    >>> logits = jnp.array([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    >>> stablemax_cross_entropy(logits, jnp.array([0, 1]), reduction="mean").shape
+    ()
   """
   logits = float_array(logits, "logits")
   labels = check_labels(labels, logits)
@@ -242,6 +262,14 @@ def stablemax_cross_entropy_with_probs(
   Raises:
     ValueError: for non-float logits, mismatched shapes, concrete targets that are not
       probability distributions, invalid concrete weights or an unknown reduction.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.losses import stablemax_cross_entropy_with_probs
+    >>> logits = jnp.array([[1.0, 0.0, -1.0]])
+    >>> targets = jnp.array([[0.9, 0.05, 0.05]])  # soft targets (label smoothing)
+    >>> stablemax_cross_entropy_with_probs(logits, targets).shape
+    (1,)
   """
   logits = float_array(logits, "logits")
   targets, tolerance = check_targets(targets, logits)
@@ -281,6 +309,14 @@ def zero_gradient_fraction(loss_fn: LossFn, logits: jax.Array, labels: jax.Array
 
   Returns:
     A float32 scalar in [0, 1].
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.losses import zero_gradient_fraction
+    >>> logits = jnp.array([[200.0, 0.0], [1.0, 0.0]])  # the first example's softmax collapsed
+    >>> loss_fn = optax.losses.softmax_cross_entropy_with_integer_labels
+    >>> zero_gradient_fraction(loss_fn, logits, jnp.array([0, 0]))
+    Array(0.5, dtype=float32)
   """
   logits = float_array(logits, "logits")
   check_class_axis(logits)
@@ -313,6 +349,12 @@ def softmax_collapse_fraction(logits: jax.Array) -> jax.Array:
 
   Returns:
     A float32 scalar in [0, 1].
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.losses import softmax_collapse_fraction
+    >>> softmax_collapse_fraction(jnp.array([[40.0, 0.0], [1.0, 0.0]]))
+    Array(0.5, dtype=float32)
   """
   logits = float_array(logits, "logits")
   check_class_axis(logits)

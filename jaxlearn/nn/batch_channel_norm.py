@@ -116,6 +116,13 @@ def batch_statistics(
 
   Returns:
     `(mean, var)`, each of shape (C,) and dtype >= float32.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.nn import batch_statistics
+    >>> mean, var = batch_statistics(jnp.array([[1.0, 0.0], [3.0, 0.0]]))
+    >>> mean, var
+    (Array([2., 0.], dtype=float32), Array([1., 0.], dtype=float32))
   """
   _check_input(x)
   axes = tuple(range(x.ndim - 1))
@@ -141,6 +148,13 @@ def channel_normalize(x: jax.Array, num_groups: int, *, epsilon: float = DEFAULT
 
   Returns:
     The standardized input, shape of `x`, dtype >= float32.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.nn import channel_normalize
+    >>> y = channel_normalize(jnp.array([[1.0, 3.0, 5.0, 9.0]]), num_groups=2)
+    >>> print(y.round(3))  # each group of two channels: zero mean, unit variance
+    [[-1.  1. -1.  1.]]
   """
   _check_input(x)
   _check_groups(x.shape[-1], num_groups)
@@ -189,6 +203,18 @@ def batch_channel_normalize(
   Returns:
     `(y, new_running_mean, new_running_var)`; the running statistics are returned unchanged in
     evaluation mode, and always as stop-gradient float32 (>= float32) arrays.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.nn import batch_channel_normalize
+    >>> C, G = 8, 2
+    >>> x = jnp.arange(4 * C, dtype=jnp.float32).reshape(4, C)
+    >>> y, mean, var = batch_channel_normalize(
+    ...     x, running_mean=jnp.zeros(C), running_var=jnp.ones(C), bn_scale=jnp.ones(C),
+    ...     bn_bias=jnp.zeros(C), group_scale=jnp.ones(G), group_bias=jnp.zeros(G),
+    ...     use_running_average=False)
+    >>> y.shape, mean.shape
+    ((4, 8), (8,))
   """
   num_features = running_mean.shape[-1]
   _check_input(x, num_features)
@@ -282,6 +308,18 @@ class BatchChannelNorm(nnx.Module):
     param_dtype: dtype of the affine parameters.
     axis_name: named axis over which batch statistics are averaged (vmap/pmap/shard_map).
     rngs: accepted for signature parity with flax layers; the initialization is deterministic.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxlearn import nn as jnn
+    >>> norm = jnn.BatchChannelNorm(16, num_groups=4, rngs=nnx.Rngs(0))
+    >>> x = jnp.arange(2 * 4 * 4 * 16, dtype=jnp.float32).reshape(2, 4, 4, 16)
+    >>> y = norm(x)  # training: batch statistics, running statistics updated
+    >>> norm.eval()
+    >>> y = norm(x)  # evaluation: running statistics
+    >>> y.shape
+    (2, 4, 4, 16)
   """
 
   def __init__(
@@ -375,6 +413,16 @@ class LinenBatchChannelNorm(linen.Module):
     dtype: output dtype (default: the input's dtype).
     param_dtype: dtype of the affine parameters.
     axis_name: named axis over which batch statistics are averaged (vmap/pmap/shard_map).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.nn import linen as jnn_linen
+    >>> norm = jnn_linen.BatchChannelNorm(num_groups=4)
+    >>> x = jnp.ones((2, 4, 4, 16))
+    >>> variables = norm.init(jax.random.key(0), x, use_running_average=True)
+    >>> y, updates = norm.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    >>> y.shape
+    (2, 4, 4, 16)
   """
 
   num_groups: int = DEFAULT_NUM_GROUPS

@@ -37,7 +37,19 @@ __all__ = [
 
 def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, gate: jax.Array | None = None,
                scaling=1.0) -> jax.Array:
-  """s · ((x A) ⊙ g) B: the adapter's contribution for inputs x of shape (..., in)."""
+  """s · ((x A) ⊙ g) B: the adapter's contribution for inputs x of shape (..., in).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.nn import init_lora, lora_delta
+    >>> p = init_lora(jax.random.key(0), 4, 3, rank=2)
+    >>> lora_delta(jnp.ones((5, 4)), p["a"], p["b"])  # B starts at zero: no change at first
+    Array([[0., 0., 0.],
+           [0., 0., 0.],
+           [0., 0., 0.],
+           [0., 0., 0.],
+           [0., 0., 0.]], dtype=float32)
+  """
   hidden = x @ a
   if gate is not None:
     hidden = hidden * gate
@@ -51,7 +63,15 @@ def _init_a(key, in_features, rank, dtype):
 
 def init_lora(key: jax.Array, in_features: int, out_features: int, rank: int, *,
               gated: bool = False, dtype=jnp.float32) -> dict[str, jax.Array]:
-  """{'a': (in, r), 'b': (r, out) zeros[, 'gate': (r,) standard normal]}."""
+  """{'a': (in, r), 'b': (r, out) zeros[, 'gate': (r,) standard normal]}.
+
+  Example:
+    >>> import jax
+    >>> from jaxlearn.nn import init_lora
+    >>> p = init_lora(jax.random.key(0), 4, 3, rank=2, gated=True)
+    >>> {name: value.shape for name, value in p.items()}
+    {'a': (4, 2), 'b': (2, 3), 'gate': (2,)}
+  """
   for name, value in (("in_features", in_features), ("out_features", out_features),
                       ("rank", rank)):
     check_positive_int(name, value)
@@ -88,6 +108,17 @@ class LoRA(nnx.Module):
     dtype: computation and output dtype (default: the input's, promoted with the parameters').
     param_dtype: dtype of A, B and g.
     rngs: `nnx.Rngs` with a 'params' stream.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxlearn import nn as jnn
+    >>> base = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    >>> adapter = jnn.LoRA(4, 3, rank=2, gated=True, rngs=nnx.Rngs(1))
+    >>> x = jnp.ones((5, 4))
+    >>> y = base(x) + adapter(x)  # train only the adapter: nnx.Optimizer(adapter, ...)
+    >>> y.shape
+    (5, 3)
   """
 
   def __init__(self, in_features: int, out_features: int, rank: int, *, gated: bool = False,
@@ -108,7 +139,16 @@ class LoRA(nnx.Module):
 
 
 class LinenLoRA(linen.Module):
-  """The Linen twin of `LoRA` (exported as `jaxlearn.nn.linen.LoRA`): same parameters and numbers."""
+  """The Linen twin of `LoRA` (exported as `jaxlearn.nn.linen.LoRA`): same parameters and numbers.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.nn import linen as jnn_linen
+    >>> adapter = jnn_linen.LoRA(in_features=4, out_features=3, rank=2)
+    >>> variables = adapter.init(jax.random.key(0), jnp.ones((5, 4)))
+    >>> adapter.apply(variables, jnp.ones((5, 4))).shape
+    (5, 3)
+  """
 
   in_features: int
   out_features: int

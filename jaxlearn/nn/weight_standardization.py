@@ -13,7 +13,7 @@ The layer computes with `Ŵ`, the optimizer updates `W`, and gradients flow thro
 added: the paper places a normalization layer (GroupNorm, BatchChannelNorm) after every WS layer.
 
 Layout: flax kernels keep output channels on the LAST axis (`Dense`: (in, out); `Conv`: HWIO,
-i.e. (*window, in / feature_group_count, out)), so the fan-in axes are all axes but the last.
+i.e. `(*window, in / feature_group_count, out)`), so the fan-in axes are all axes but the last.
 
 Epsilon: the paper puts ε inside the square root of the population variance, as above (default
 ε = 1e-5, the value of the official code). The official README's PyTorch snippet instead divides by
@@ -92,6 +92,14 @@ def weight_standardize(
 
   Returns:
     The standardized kernel, same shape and dtype as `kernel` (statistics in >= float32).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.nn import weight_standardize
+    >>> kernel = jnp.arange(3 * 3 * 8 * 16.0).reshape(3, 3, 8, 16) ** 2  # HWIO
+    >>> w = weight_standardize(kernel)
+    >>> bool(jnp.allclose(w.mean(axis=(0, 1, 2)), 0.0, atol=1e-5))  # per output channel
+    True
   """
   kernel = jnp.asarray(kernel)
   if not jnp.issubdtype(kernel.dtype, jnp.floating):
@@ -153,6 +161,14 @@ class WSLinear(nnx.Linear):
     rngs: the random number generators.
     **linear_kwargs: every other keyword argument of `nnx.Linear` (use_bias, dtype,
       param_dtype, precision, kernel_init, bias_init, dot_general, ...).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxlearn import nn as jnn
+    >>> layer = jnn.WSLinear(4, 3, rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((2, 4))).shape
+    (2, 3)
   """
 
   def __init__(
@@ -201,6 +217,14 @@ class WSConv(nnx.Conv):
       kernel_dilation, feature_group_count, use_bias, dtype, param_dtype, precision,
       kernel_init, bias_init, ...) except `mask`, which is not supported (the statistics of a
       masked kernel are ambiguous).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxlearn import nn as jnn
+    >>> conv = jnn.WSConv(3, 8, kernel_size=(3, 3), rngs=nnx.Rngs(0))
+    >>> conv(jnp.ones((2, 6, 6, 3))).shape
+    (2, 6, 6, 8)
   """
 
   def __init__(
@@ -245,6 +269,14 @@ class LinenWSDense(linen.Dense):
   Attributes:
     epsilon: ε of the standardization, inside the square root (default 1e-5).
     (all other attributes as `flax.linen.Dense`).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.nn import linen as jnn_linen
+    >>> dense = jnn_linen.WSDense(features=3)
+    >>> variables = dense.init(jax.random.key(0), jnp.ones((2, 4)))
+    >>> dense.apply(variables, jnp.ones((2, 4))).shape
+    (2, 3)
   """
 
   epsilon: float = DEFAULT_EPSILON
@@ -275,6 +307,14 @@ class LinenWSConv(linen.Conv):
   Attributes:
     epsilon: ε of the standardization, inside the square root (default 1e-5).
     (all other attributes as `flax.linen.Conv`).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.nn import linen as jnn_linen
+    >>> conv = jnn_linen.WSConv(features=8, kernel_size=(3, 3))
+    >>> variables = conv.init(jax.random.key(0), jnp.ones((2, 6, 6, 3)))
+    >>> conv.apply(variables, jnp.ones((2, 6, 6, 3))).shape
+    (2, 6, 6, 8)
   """
 
   epsilon: float = DEFAULT_EPSILON

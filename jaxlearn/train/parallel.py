@@ -53,6 +53,12 @@ def make_mesh(
 
   Raises:
     ValueError: if the sizes are not positive or do not multiply to the number of devices.
+
+  Example:
+    >>> from jaxlearn.train import make_mesh
+    >>> mesh = make_mesh(data=1)  # on 8 devices: make_mesh(data=8) splits every batch 8 ways
+    >>> mesh.axis_names
+    ('runs', 'data')
   """
   devices = list(jax.devices() if devices is None else devices)
   count = len(devices)
@@ -163,6 +169,15 @@ def fsdp_specs(params: PyTree, mesh: Mesh, axis: str = DATA, min_size: int = 102
 
   Parameters smaller than `min_size` elements stay replicated (sharding them costs more
   communication than it saves memory). The result is a `param_specs` for `fit`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxlearn.train import make_mesh
+    >>> from jaxlearn.train.parallel import fsdp_specs
+    >>> params = {"w": jnp.ones((4096, 8)), "b": jnp.ones(8)}
+    >>> specs = fsdp_specs(params, make_mesh(data=1), min_size=1024)  # 1 device: all replicated
+    >>> specs["w"] == specs["b"] == jax.sharding.PartitionSpec()
+    True
   """
   size = axis_size(mesh, axis)
 

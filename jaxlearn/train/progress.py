@@ -38,6 +38,14 @@ def progress_bar(
 
   Returns:
     An iterable over the same items.
+
+  Example:
+    >>> import io
+    >>> from jaxlearn.train import progress_bar
+    >>> stream = io.StringIO()
+    >>> total = sum(progress_bar(range(4), desc="steps", stream=stream))
+    >>> "4/4" in stream.getvalue()
+    True
   """
   if not enabled:
     return items

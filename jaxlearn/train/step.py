@@ -48,6 +48,14 @@ class TrainState(NamedTuple):
       `()` for the plain gradient step.
     count: number of `step` calls (int32), skipped ones included.
     skipped: number of steps skipped by the non-finite guard (int32).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn.train import gradient_step
+    >>> training = gradient_step(lambda p, x: jnp.mean((x @ p) ** 2), optax.sgd(0.1))
+    >>> state = training.init(jnp.ones(3), jax.random.key(0))
+    >>> state.count, state.skipped
+    (Array(0, dtype=int32), Array(0, dtype=int32))
   """
 
   params: PyTree
@@ -64,6 +72,15 @@ class TrainingStep(NamedTuple):
     init: `init(params, key) -> TrainState`.
     step: `step(state, batch, key) -> (state, metrics)`; `metrics` holds at least 'loss' (the
       batch loss at the incoming parameters, float32 scalar) and 'skipped' (bool scalar).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn.train import gradient_step
+    >>> training = gradient_step(lambda p, x: jnp.mean((x @ p) ** 2), optax.sgd(0.1))
+    >>> state = training.init(jnp.ones(3), jax.random.key(0))
+    >>> state, metrics = jax.jit(training.step)(state, (jnp.ones((4, 3)),), jax.random.key(1))
+    >>> sorted(metrics)
+    ['grad_norm', 'loss', 'skipped']
   """
 
   init: Callable[[PyTree, jax.Array], TrainState]
@@ -84,6 +101,16 @@ def keep_if_finite(
 
   `new.count` must already be `old.count + 1`. A `where` rather than a `lax.cond`, so that vmapped
   runs skip independently.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn.train import gradient_step, keep_if_finite
+    >>> training = gradient_step(lambda p, x: jnp.mean((x @ p) ** 2), optax.sgd(0.1))
+    >>> old = training.init(jnp.ones(3), jax.random.key(0))
+    >>> new = old._replace(params=jnp.full(3, jnp.nan), count=old.count + 1)
+    >>> state, skipped = keep_if_finite(old, new, new.params)
+    >>> bool(skipped), state.params
+    (True, Array([1., 1., 1.], dtype=float32))
   """
   skipped = ~all_finite(*watched)
   keep = lambda n, o: jnp.where(skipped, o, n)
@@ -152,6 +179,18 @@ def gradient_step(
 
   Returns:
     A `TrainingStep`; its metrics are 'loss', 'grad_norm' and 'skipped'.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn.train import gradient_step
+    >>> def loss_fn(params, x, y):
+    ...   return jnp.mean((x @ params - y) ** 2)
+    >>> training = gradient_step(loss_fn, optax.adam(1e-2))
+    >>> state = training.init(jnp.zeros(3), jax.random.key(0))
+    >>> batch = (jnp.ones((4, 3)), jnp.ones(4))
+    >>> state, metrics = jax.jit(training.step)(state, batch, jax.random.key(1))
+    >>> int(state.count)
+    1
   """
   names = check_update_extras(update_extras)
 

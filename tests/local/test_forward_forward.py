@@ -4,8 +4,6 @@ goodness accumulated over all but the first hidden layer), and its update agains
 code's hand-written gradient.
 """
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -232,17 +230,3 @@ def test_invalid_shapes_raise():
     rule.goodness_per_label(model, params, make_batch()["x"])
   with pytest.raises(ValueError, match="features"):
     local.embed_label(jnp.zeros((2, C - 1)), jnp.zeros(2, jnp.int32), C)
-
-
-def test_experiment_quick_run(out_dir):
-  from experiments import forward_forward_digits
-
-  record = forward_forward_digits.run(quick=True, out=out_dir, seed=0)
-  stored = json.loads((out_dir / "forward_forward_digits.json").read_text())
-  assert (out_dir / "forward_forward_digits.png").is_file()
-  assert stored["claim_held"] is None and record["quick"]
-  metrics = stored["metrics"]
-  for name in ("ff_test_accuracy", "bp_test_accuracy"):  # learning, even in 100 steps (chance: 0.1)
-    assert np.all(np.isfinite(metrics[name])) and np.all(np.asarray(metrics[name]) > 0.5)
-  for values in metrics["step_temp_bytes"].values():
-    assert len(values) == len(stored["config"]["depths"]) and all(v > 0 for v in values)

@@ -204,23 +204,3 @@ def test_experiment_mlp_gathers_exactly_what_the_one_hot_matmul_computes():
   hidden = jax.nn.relu(jnp.asarray(one_hot_pairs(tokens, p)) @ weights[0])
   dense = jax.nn.relu(hidden @ weights[1]) @ weights[2]
   np.testing.assert_array_equal(_apply_mlp(weights, jnp.asarray(tokens)), dense)
-
-
-def test_experiment_quick_run(out_dir):
-  import json
-
-  from jaxlearn.experiments.stablemax_softmax_collapse import run
-
-  record = run(quick=True, out=out_dir, seed=0)
-  saved = json.loads((out_dir / "stablemax_softmax_collapse.json").read_text())
-  assert (out_dir / "stablemax_softmax_collapse.png").is_file()
-  assert saved["claim_held"] is None and saved["quick"] and record["metrics"] == saved["metrics"]
-  for name in ("softmax", "stablemax"):
-    series = saved["metrics"][name]
-    for key in ("train_accuracy", "test_accuracy", "train_zero_loss", "train_zero_gradient",
-                "train_softmax_collapse"):
-      values = np.asarray(series[key], float)
-      assert values.shape == (2,) and np.all(np.isfinite(values))
-      assert np.all((values >= 0) & (values <= 1))
-  # StableMax never produces an exactly-zero loss, even in the smoke run.
-  assert saved["metrics"]["stablemax"]["max_train_zero_loss"] == 0.0

@@ -5,8 +5,6 @@ reparametrization and the micro-batch BCN algorithm), plain flax layers fed a Nu
 kernel, finite differences, and PyTorch transcriptions of the official code (parity tests).
 """
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -381,20 +379,3 @@ def test_bcn_against_pytorch_transcription_of_the_official_code(estimate):
         momentum + (1 - momentum) * our_batch_var * bessel, running_var.numpy(), rtol=1e-5
     )
     assert not np.allclose(layer.var[...], running_var.numpy(), rtol=1e-5, atol=0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Experiment
-
-
-def test_quick_experiment_writes_results(out_dir):
-  from experiments import microbatch_norm
-
-  record = microbatch_norm.run(quick=True, out=out_dir, seed=0)
-  saved = json.loads((out_dir / "microbatch_norm.json").read_text())
-  assert (out_dir / "microbatch_norm.png").is_file()
-  assert saved["claim_held"] is None and record["quick"]
-  assert set(saved["metrics"]["test_accuracy"]) == {"bn_b64", "bcn_ws_b2"}
-  for value in jax.tree.leaves(saved["metrics"]["test_accuracy"]):
-    assert np.isfinite(value) and 0.0 <= value <= 1.0
-  assert np.isfinite(saved["metrics"]["minus_bn_b64"]["bcn_ws_b2"])
