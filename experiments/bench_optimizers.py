@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxlearn import registry
+from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.train import experiment_main, new_figure, save_result
 from jaxlearn.train.compare import required_arguments
 
@@ -47,11 +47,18 @@ def _median_seconds(step, repeats: int) -> float:
   return statistics.median(times)
 
 
-def time_jax(optimizer: optax.GradientTransformation, shapes, repeats: int) -> tuple[float, int]:
-  """Median seconds of one jitted update+apply step, and the optimizer state's bytes."""
+def random_tree(shapes) -> tuple[dict, dict]:
+  """Parameters and gradients of these shapes (fixed keys: every optimizer gets the same)."""
   keys = jax.random.split(jax.random.PRNGKey(0), 2 * len(shapes))
   params = {n: jax.random.normal(k, s) for (n, s), k in zip(shapes.items(), keys)}
   grads = {n: 1e-2 * jax.random.normal(k, s) for (n, s), k in zip(shapes.items(), keys[len(shapes):])}
+  return params, grads
+
+
+def time_jax(optimizer: optax.GradientTransformation, tree, repeats: int) -> tuple[float, int]:
+  """Median seconds of one jitted update+apply step on `tree` = (params, grads), and the
+  optimizer state's bytes."""
+  params, grads = tree
   state = optimizer.init(params)
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
 
@@ -87,13 +94,15 @@ def time_torch(class_name: str, shapes, repeats: int) -> float | None:
   return _median_seconds(optimizer.step, repeats)
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   del seed  # timings use fixed synthetic data
   shapes = parameter_shapes(quick)
   repeats = 5 if quick else 20
   n_params = sum(int(np.prod(s)) for s in shapes.values())
   start = time.perf_counter()
-  baseline, _ = time_jax(optax.adamw(LEARNING_RATE), shapes, repeats)
+  tree = random_tree(shapes)
+  baseline, _ = time_jax(optax.adamw(LEARNING_RATE), tree, repeats)
   rows, skipped = [], {}
   aliases = registry.optimizer_aliases()
   if quick:  # a smoke run of the machinery: two optimizers with pytorch-optimizer counterparts
@@ -103,7 +112,7 @@ def run(quick: bool, out: Path, seed: int) -> dict:
     try:
       optimizer = registry.resolve(symbol)(
           LEARNING_RATE, **required_arguments(registry.resolve(symbol), num_iterations=10_000))
-      ours, state_bytes = time_jax(optimizer, shapes, repeats)
+      ours, state_bytes = time_jax(optimizer, tree, repeats)
     except (TypeError, ValueError) as error:  # e.g. it needs extra update arguments (margins=)
       skipped[symbol] = str(error).splitlines()[0]
       print(f"skipped {symbol}: {skipped[symbol]}")

@@ -10,10 +10,11 @@ does.
    hidden layer) vs the same MLP trained with backprop and softmax cross-entropy. Same widths,
    optimizer (Adam), learning-rate schedule (Hinton's Matlab one: constant, then linear decay to
    zero over the second half), batch size and steps; several seeds, vmapped by `fit`.
-2. Memory: XLA's own memory analysis of the compiled training step (`temp_size_in_bytes`: the
-   peak of buffers that are neither inputs nor outputs, i.e. activations, residuals, gradients) for
-   2, 4 and 8 hidden layers: backprop, FF as one `jax.grad` of the summed layer objectives (the
-   framework's default step), and FF computed block by block (`sequential=True`).
+2. Memory: XLA's own memory analysis of the compiled training step
+   (`jaxlearn.diagnostics.compiled_memory(...).temp_bytes`: the peak of buffers that are neither
+   inputs nor outputs, i.e. activations, residuals, gradients) for 2, 4 and 8 hidden layers:
+   backprop, FF as one `jax.grad` of the summed layer objectives (the framework's default step),
+   and FF computed block by block (`sequential=True`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxlearn import local
 from jaxlearn.data import load_digits
+from jaxlearn.diagnostics import compiled_memory
+from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.train import classifier, experiment_main, fit, mlp, new_figure, save_result
 
 NAME = "forward_forward_digits"
+MEMORY_LABELS = {"backprop": "backprop", "ff_joint": "FF joint grad",
+                 "ff_sequential": "FF block by block"}
 # Hinton's Matlab initialization: N(0, 1/fan_in) weights, zero biases.
 FF_KERNEL_INIT = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 
@@ -62,8 +66,11 @@ def train_both(data, *, hidden, steps, batch_size, learning_rate, seeds, eval_ev
   return ff, bp
 
 
-def step_temp_bytes(depth: int, width: int, batch_size: int, num_inputs: int = 64) -> dict:
-  """Compiled-step temporary memory (bytes) of BP, FF (joint grad) and FF (block by block)."""
+def step_temp_bytes(
+    depth: int, width: int, batch_size: int, num_inputs: int = 64, block_by_block: bool = True
+) -> dict:
+  """Compiled-step temporary memory (bytes) of BP, FF (joint grad) and FF (block by block, unless
+  `block_by_block` is False)."""
   key = jax.random.PRNGKey(0)
   x = jnp.zeros((batch_size, num_inputs), jnp.float32)
   y = jnp.zeros((batch_size,), jnp.int32)
@@ -81,30 +88,31 @@ def step_temp_bytes(depth: int, width: int, batch_size: int, num_inputs: int = 6
   # Abstract (shape-only) arguments: lowering needs no real parameters.
   bp_params = jax.eval_shape(bp_init, key)
   bp_opt_state = jax.eval_shape(optimizer.init, bp_params)
-  compiled = jax.jit(bp_step).lower(bp_params, bp_opt_state, x, y).compile()
-  result = {"backprop": compiled.memory_analysis().temp_size_in_bytes}
+  result = {"backprop": compiled_memory(bp_step, bp_params, bp_opt_state, x, y).temp_bytes}
 
   rule = local.ForwardForward(10)
   model = local.LocalModel.mlp(hidden, kernel_init=FF_KERNEL_INIT)
   batch = {"x": x, "y": y}
   state = jax.eval_shape(lambda k: local.init_train_state(model, rule, optimizer, k, batch), key)
   for name, sequential in (("ff_joint", False), ("ff_sequential", True)):
+    if sequential and not block_by_block:
+      continue
     step = local.local_train_step(model, rule, optimizer, sequential=sequential)
-    compiled = step.lower(state, batch, key).compile()
-    result[name] = compiled.memory_analysis().temp_size_in_bytes
+    result[name] = compiled_memory(step, state, batch, key).temp_bytes
   return result
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   start = time.perf_counter()
   data = load_digits(seed=0)
   config = dict(
-      hidden=(256, 256, 256),
-      steps=100 if quick else 3000,
+      hidden=(64, 64) if quick else (256, 256, 256),
+      steps=10 if quick else 3000,
       batch_size=64,
       learning_rate=1e-3,
-      eval_every=50 if quick else 250,
-      depths=(1, 2) if quick else (2, 4, 8),
+      eval_every=10 if quick else 250,
+      depths=(2,) if quick else (2, 4, 8),
       memory_width=64 if quick else 256,
       memory_batch=256 if quick else 1024,
       optimizer="adam, constant lr then linear decay to 0 over the second half (Hinton's Matlab)",
@@ -126,11 +134,12 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   ff_acc = ff.final("test_accuracy")[0]
   bp_acc = bp.final("test_accuracy")[0]
 
-  memory = {name: [] for name in ("backprop", "ff_joint", "ff_sequential")}
+  memory = {}  # the smoke run leaves out FF block by block (one compilation less)
   for depth in config["depths"]:
-    by_method = step_temp_bytes(depth, config["memory_width"], config["memory_batch"])
+    by_method = step_temp_bytes(depth, config["memory_width"], config["memory_batch"],
+                                block_by_block=not quick)
     for name, value in by_method.items():
-      memory[name].append(value)
+      memory.setdefault(name, []).append(value)
   first, last = 0, len(config["depths"]) - 1
   growth = {name: values[last] - values[first] for name, values in memory.items()}
   activation_bytes = config["memory_batch"] * config["memory_width"] * 4  # one layer, one pass
@@ -148,10 +157,9 @@ def run(quick: bool, out: Path, seed: int) -> dict:
       f"{100 * (ff_acc.mean() - bp_acc.mean()):+.2f} points. Compiled-step temp memory at "
       f"{', '.join(map(str, depths))} hidden layers (width {config['memory_width']}, batch "
       f"{config['memory_batch']}, one layer's activations = {mib(activation_bytes):.2f} MiB): "
-      f"backprop {', '.join(f'{mib(b):.2f}' for b in memory['backprop'])} MiB; FF joint grad "
-      f"{', '.join(f'{mib(b):.2f}' for b in memory['ff_joint'])} MiB; FF block by block "
-      f"{', '.join(f'{mib(b):.2f}' for b in memory['ff_sequential'])} MiB "
-      f"(device: {jax.devices()[0].device_kind}; an FF step runs positive and negative data, "
+      + "; ".join(f"{MEMORY_LABELS[name]} {', '.join(f'{mib(b):.2f}' for b in values)} MiB"
+                  for name, values in memory.items())
+      + f" (device: {jax.devices()[0].device_kind}; an FF step runs positive and negative data, "
       f"twice backprop's batch)."
   )
   fig, axes = new_figure(ncols=2)

@@ -28,6 +28,7 @@ import optax
 
 from jaxlearn import optim
 from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.train import classifier, experiment_main, fit, grid, new_figure, save_result
 
 DEPTH, WIDTH, INIT_STD = 20, 50, 0.1
@@ -69,11 +70,12 @@ def make_optimizer(learning_rate, eta):
   return optax.chain(optim.add_gradient_noise(eta, GAMMA, key=0), optax.sgd(learning_rate))
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(seed=seed)
   init_params, apply_fn = deep_mlp(data.x_train.shape[1], data.num_classes)
   loss_fn, eval_fn = classifier(apply_fn)
-  steps, eval_every = (100, 50) if quick else (4000, 400)
+  steps, eval_every = (20, 10) if quick else (4000, 400)
   seeds = [seed] if quick else [seed, seed + 1, seed + 2]
   lrs = LEARNING_RATES[1:2] if quick else LEARNING_RATES
   etas = ETAS[::2] if quick else ETAS

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
 from jaxlearn.optim import grams
 from jaxlearn.train import classifier, experiment_main, fit, grid, mlp, new_figure, save_result
 
@@ -64,26 +65,31 @@ def _rosenbrock_runs(make, learning_rates, starts, steps):
   return np.asarray(finals), np.asarray(curves)
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(seed=seed)
   init_params, apply_fn = mlp((64,), (64, 64), data.num_classes)
   loss_fn, eval_fn = classifier(apply_fn)
-  steps, eval_every = (100, 50) if quick else (1500, 100)
-  rosen_steps = 200 if quick else 3000
+  steps, eval_every = (20, 10) if quick else (1500, 100)
+  rosen_steps = 50 if quick else 3000
   seeds = [seed] if quick else [seed, seed + 1, seed + 2]
   rng = np.random.default_rng(seed)
   starts = jnp.asarray(np.array([-1.5, 2.0]) + 0.1 * rng.normal(size=(len(seeds), 2)),
                        jnp.float32)
 
   start = time.perf_counter()
+  grids = {name: lrs[1:2] if quick else lrs for name, (_, lrs) in OPTIMIZERS.items()}
+  makers = [lambda learning_rate, make=make: make(learning_rate) for make, _ in OPTIMIZERS.values()]
+  common = dict(steps=steps, eval_every=eval_every, batch_size=64, seeds=seeds, eval_fn=eval_fn)
+  if quick:  # smoke run: the three optimizers in one compiled program
+    results = fit_each(makers, loss_fn, init_params, data, progress=False,
+                       configs=[grid(learning_rate=lrs) for lrs in grids.values()], **common)
+  else:
+    results = [fit(loss_fn, init_params, make, data, configs=grid(learning_rate=grids[name]),
+                   desc=name, **common) for name, make in zip(OPTIMIZERS, makers)]
   digits, rosen, curves = {}, {}, {}
-  for name, (make, lrs) in OPTIMIZERS.items():
-    lrs = lrs[1:2] if quick else lrs
-    result = fit(
-        loss_fn, init_params, lambda learning_rate, make=make: make(learning_rate), data,
-        steps=steps, eval_every=eval_every, batch_size=64,
-        configs=grid(learning_rate=lrs), seeds=seeds, eval_fn=eval_fn, desc=name,
-    )
+  for (name, (make, _)), result in zip(OPTIMIZERS.items(), results):
+    lrs = grids[name]
     final_loss = result.final("train_loss").mean(axis=1)
     best = int(np.argmin(final_loss))
     digits[name] = {

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import split_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.optim import half_fine_tuning
 from jaxlearn.train import experiment_main, mlp, new_figure, save_result
 
@@ -31,8 +32,9 @@ VARIANTS = {"full": 1.0, "hft": 0.5}
 BATCH = 64
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
-  pre_steps, fine_steps, eval_every = (30, 20, 10) if quick else (600, 300, 30)
+  pre_steps, fine_steps, eval_every = (10, 10, 5) if quick else (600, 300, 30)
   seeds = [seed] if quick else [seed, seed + 1, seed + 2]
   old, new = (d._replace(**{f: jnp.asarray(getattr(d, f)) for f in d._fields[:4]})
               for d in split_digits(5, seed=seed))  # digits 0-4, digits 5-9

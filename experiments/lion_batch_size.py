@@ -18,6 +18,7 @@ Writes lion_batch_size.json and .png.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import optax
 
 from jaxlearn import optim
 from jaxlearn.data import Dataset, load_mnist1d
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
 from jaxlearn.train import classifier, experiment_main, fit, grid, mlp, new_figure, save_result
 
 ADAMW_WEIGHT_DECAY = 0.01
@@ -45,9 +47,10 @@ BATCH_SIZES = (32, 128, 512)
 
 
 def _state_bytes(make, params) -> int:
-  """Bytes of the optimizer state's parameter-shaped leaves (scalar counters excluded)."""
-  state = make(1e-3).init(params)
-  return sum(x.nbytes for x in jax.tree.leaves(state) if getattr(x, "ndim", 0) > 0)
+  """Bytes of the optimizer state's parameter-shaped leaves (scalar counters excluded), from
+  the shapes alone (nothing is compiled)."""
+  state = jax.eval_shape(make(1e-3).init, params)
+  return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state) if x.ndim > 0)
 
 
 def _split_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
@@ -59,6 +62,7 @@ def _split_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
                  data.y_train[val], data.num_classes)
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_mnist1d(seed=seed, num_samples=1000 if quick else 5000)
   tuning = _split_validation(data, 0.2, seed)
@@ -69,15 +73,27 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   batch_sizes = BATCH_SIZES[1:2] if quick else BATCH_SIZES
   n_train = len(tuning.x_train)
   test_accuracy = jax.jit(jax.vmap(lambda p: eval_fn(p, data.x_test, data.y_test)["accuracy"]))
+  grids = {name: lrs[2:3] if quick else lrs for name, (_, lrs) in OPTIMIZERS.items()}
+  evals_every = {bs: max(1, epochs * n_train // bs // 8) for bs in batch_sizes}
 
   start = time.perf_counter()
+  quick_results = {}
+  if quick:  # smoke run: both optimizers in one compiled program
+    (batch_size,) = batch_sizes
+    makers = [lambda learning_rate, make=make: make(learning_rate)
+              for make, _ in OPTIMIZERS.values()]
+    quick_results = dict(zip(OPTIMIZERS, fit_each(
+        makers, loss_fn, init_params, tuning, steps=evals_every[batch_size] * 8,
+        eval_every=evals_every[batch_size], batch_size=batch_size, seeds=seeds,
+        configs=[grid(learning_rate=lrs) for lrs in grids.values()], eval_fn=eval_fn,
+        progress=False)))
   results, curves = {}, {}
   for name, (make, lrs) in OPTIMIZERS.items():
-    lrs = lrs[2:3] if quick else lrs
+    lrs = grids[name]
     for batch_size in batch_sizes:
-      eval_every = max(1, epochs * n_train // batch_size // 8)
+      eval_every = evals_every[batch_size]
       steps = eval_every * 8
-      result = fit(
+      result = quick_results[name] if quick else fit(
           loss_fn, init_params, lambda learning_rate, make=make: make(learning_rate), tuning,
           steps=steps, eval_every=eval_every, batch_size=batch_size,
           configs=grid(learning_rate=lrs), seeds=seeds, eval_fn=eval_fn,
@@ -99,7 +115,7 @@ def run(quick: bool, out: Path, seed: int) -> dict:
       )
   wall_time = time.perf_counter() - start
 
-  params = init_params(jax.random.PRNGKey(0))
+  params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
   memory = {name: _state_bytes(make, params) for name, (make, _) in OPTIMIZERS.items()}
   memory_ratio = memory["lion"] / memory["adamw"]
   gaps = {bs: results[("lion", bs)]["test_accuracy"] - results[("adamw", bs)]["test_accuracy"]

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import Dataset, load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.nn import linen as jnn_linen
 from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result
 
@@ -79,16 +80,17 @@ class PatchConv(linen.Module):
 
 
 class SmallCNN(linen.Module):
-  """conv-norm-relu x3, global average pooling, dense read-out."""
+  """conv-norm-relu for each of `convs` (three by default), global average pooling, dense."""
 
   norm: str
   weight_standardization: bool
   momentum: float
   num_classes: int = 10
+  convs: tuple[tuple[int, int], ...] = CONVS
 
   @linen.compact
   def __call__(self, x, train: bool):
-    for channels, stride in CONVS:
+    for channels, stride in self.convs:
       x = PatchConv(channels, stride, self.weight_standardization)(x)
       if self.norm == "bn":
         x = linen.BatchNorm(use_running_average=not train, momentum=self.momentum)(x)
@@ -135,9 +137,13 @@ def _split_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
                  data.y_train[val], data.num_classes)
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(flat=False, seed=seed)
   tuning = _split_validation(data, 0.2, seed)
+  convs = CONVS[:1] if quick else CONVS  # smoke run: one convolution, an epoch of 128 images
+  if quick:
+    tuning = tuning._replace(x_train=tuning.x_train[:128], y_train=tuning.y_train[:128])
   n_train = len(tuning.x_train)
   epochs = 1 if quick else 8
   num_evals = 1 if quick else 4
@@ -149,7 +155,7 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   start = time.perf_counter()
   results, curves = {}, {}
   for name, (norm, ws, batch_size) in variants.items():
-    model = SmallCNN(norm, ws, momentum=1.0 - batch_size / EMA_IMAGES)
+    model = SmallCNN(norm, ws, momentum=1.0 - batch_size / EMA_IMAGES, convs=convs)
     init, loss_fn, eval_fn = _model_fns(model, data.x_train.shape[1:])
     steps_per_epoch = n_train // batch_size
     eval_every = steps_per_epoch * epochs // num_evals
@@ -210,7 +216,8 @@ def run(quick: bool, out: Path, seed: int) -> dict:
       measured=measured,
       claim_held=held,
       config={"data": "digits 8x8x1 (1150 train / 288 validation / 359 test)",
-              "model": "CNN conv16-conv32/2-conv32, norm + relu after each, GAP, dense",
+              "model": "CNN " + "-".join(f"conv{c}" + (f"/{s}" if s > 1 else "") for c, s in convs)
+                       + ", norm + relu after each, GAP, dense",
               "epochs": epochs, "batch_sizes": {n: v[2] for n, v in variants.items()},
               "num_groups": NUM_GROUPS, "bcn": "micro-batch BCN (estimated statistics)",
               "optimizer": "SGD momentum 0.9, lr = base_lr * batch / 64",

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
 from jaxlearn.optim import nag_gs
 from jaxlearn.train import classifier, experiment_main, fit, grid, new_figure, save_result
 
@@ -74,11 +75,12 @@ def _summary(finals: np.ndarray, initial: float, step_sizes) -> dict:
           "best_step": step_sizes[best], "best_final_loss": float(mean[best])}
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   step_sizes = np.logspace(-2, 2, 3) if quick else np.logspace(-3, 3, 13)
   digit_steps = np.logspace(-2, 2, 3) if quick else np.logspace(-2, 3, 11)
   seeds = [seed] if quick else [seed, seed + 1, seed + 2]
-  quad_steps = 50 if quick else 1000
+  quad_steps = 20 if quick else 1000
   hessian, x0 = _quadratic(seed)
   initial = float(0.5 * x0 @ hessian @ x0)
 
@@ -90,13 +92,17 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   linear = lambda params, x: x @ params["w"] + params["b"]
   init = lambda key: {"w": jnp.zeros((64, data.num_classes)), "b": jnp.zeros(data.num_classes)}
   loss_fn, eval_fn = classifier(linear)
+  makers = {name: lambda step_size, make=make: make(step_size) for name, make in METHODS.items()}
+  common = dict(steps=20 if quick else 1000, eval_every=10 if quick else 100, batch_size=64,
+                seeds=seeds[:2], eval_fn=eval_fn)
+  if quick:  # smoke run: both methods in one compiled program
+    fits = fit_each(list(makers.values()), loss_fn, init, data, progress=False,
+                    configs=[grid(step_size=digit_steps)] * len(makers), **common)
+  else:
+    fits = [fit(loss_fn, init, make, data, configs=grid(step_size=digit_steps), desc=name,
+                **common) for name, make in makers.items()]
   digits = {}
-  for name, make in METHODS.items():
-    result = fit(
-        loss_fn, init, lambda step_size, make=make: make(step_size), data,
-        steps=100 if quick else 1000, eval_every=50 if quick else 100, batch_size=64,
-        configs=grid(step_size=digit_steps), seeds=seeds[:2], eval_fn=eval_fn, desc=name,
-    )
+  for name, result in zip(METHODS, fits):
     finals = result.final("train_loss")
     summary = _summary(finals, float(np.log(data.num_classes)), digit_steps)
     accuracy = np.where(summary["stable"], result.final("test_accuracy").mean(axis=1), np.nan)

@@ -25,6 +25,7 @@ import optax
 
 from jaxlearn import optim
 from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
 from jaxlearn.train import classifier, experiment_main, fit, grid, mlp, new_figure, save_result
 
 LEARNING_RATES = (0.1, 0.3, 1.0, 3.0)
@@ -63,11 +64,12 @@ def _max_stable_lr(stable_all_seeds, lrs):
   return max(ok) if ok else 0.0
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(seed=seed)
   init_params, apply_fn = mlp((64,), (128,) * 4, data.num_classes)
   loss_fn, eval_fn = classifier(apply_fn)
-  steps, eval_every = (40, 20) if quick else (300, 50)
+  steps, eval_every = (20, 10) if quick else (300, 50)
   seeds = [seed] if quick else [seed, seed + 1, seed + 2]
   lrs = LEARNING_RATES[2:3] if quick else LEARNING_RATES
   clippings = CLIPPINGS[1:2] if quick else CLIPPINGS
@@ -75,10 +77,16 @@ def run(quick: bool, out: Path, seed: int) -> dict:
                 eval_fn=eval_fn, progress=False)
 
   start = time.perf_counter()
-  plain = fit(loss_fn, init_params, sgd, data, configs=grid(learning_rate=lrs), desc="sgd",
-              **common)
-  clipped = fit(loss_fn, init_params, agc_sgd, data,
-                configs=grid(clipping=clippings, learning_rate=lrs), desc="agc", **common)
+  if quick:  # smoke run: both arms in one compiled program (plain SGD ignores `clipping`)
+    plain, clipped = fit_each(
+        [lambda learning_rate, clipping: sgd(learning_rate), agc_sgd], loss_fn, init_params,
+        data, configs=[grid(clipping=[0.0], learning_rate=lrs),
+                       grid(clipping=clippings, learning_rate=lrs)], **common)
+  else:
+    plain = fit(loss_fn, init_params, sgd, data, configs=grid(learning_rate=lrs), desc="sgd",
+                **common)
+    clipped = fit(loss_fn, init_params, agc_sgd, data,
+                  configs=grid(clipping=clippings, learning_rate=lrs), desc="agc", **common)
   wall_time = time.perf_counter() - start
 
   arms = {}

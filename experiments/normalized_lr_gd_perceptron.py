@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.optim import normalized_lr_gd
 from jaxlearn.train import experiment_main, new_figure, save_result
 
@@ -90,9 +91,10 @@ def _iterations_to_separate(accuracy: np.ndarray, steps: int) -> list[float]:
   return [float(np.argmax(row) + 1) if row.any() else float("inf") for row in solved]
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
-  n = 200 if quick else 1000
-  steps = 300 if quick else 3000
+  n = 100 if quick else 1000
+  steps = 100 if quick else 3000
   datasets = {
       "worst_case": worst_case(n),
       "balanced": gaussian_separable(n, 20, 0.5, seed),

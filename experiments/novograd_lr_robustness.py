@@ -16,6 +16,7 @@ most 0.55 of Adam's bytes. Writes novograd_lr_robustness.json and .png.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import optax
 
 from jaxlearn import optim
 from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
 from jaxlearn.train import classifier, experiment_main, fit, grid, mlp, new_figure, save_result
 
 OPTIMIZERS = {
@@ -36,26 +38,36 @@ LEARNING_RATES = tuple(float(lr) for lr in np.logspace(-4, 0, 13))
 WINDOW = 0.02  # accuracy within 2 points of the optimizer's best
 
 
+def _nbytes(tree) -> int:
+  """Bytes of a tree of arrays or shapes."""
+  return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 def _state_bytes(make, params) -> int:
-  state = make(1e-3).init(params)
-  return sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+  """Bytes of the optimizer state, from the shapes alone (nothing is compiled)."""
+  return _nbytes(jax.eval_shape(make(1e-3).init, params))
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(seed=seed)
   init_params, apply_fn = mlp((64,), (128, 128), data.num_classes)
   loss_fn, eval_fn = classifier(apply_fn)
-  steps, eval_every = (100, 50) if quick else (1500, 150)
+  steps, eval_every = (20, 10) if quick else (1500, 150)
   seeds = [seed] if quick else [seed, seed + 1, seed + 2]
   lrs = LEARNING_RATES[3::4] if quick else LEARNING_RATES
 
   start = time.perf_counter()
+  common = dict(steps=steps, eval_every=eval_every, batch_size=64, seeds=seeds, eval_fn=eval_fn,
+                progress=False)
+  if quick:  # smoke run: every optimizer in one compiled program
+    results = fit_each(list(OPTIMIZERS.values()), loss_fn, init_params, data,
+                       configs=[grid(learning_rate=lrs)] * len(OPTIMIZERS), **common)
+  else:
+    results = [fit(loss_fn, init_params, make, data, configs=grid(learning_rate=lrs), desc=name,
+                   **common) for name, make in OPTIMIZERS.items()]
   sweeps = {}
-  for name, make in OPTIMIZERS.items():
-    result = fit(
-        loss_fn, init_params, make, data, steps=steps, eval_every=eval_every, batch_size=64,
-        configs=grid(learning_rate=lrs), seeds=seeds, eval_fn=eval_fn, desc=name, progress=False,
-    )
+  for name, result in zip(OPTIMIZERS, results):
     accuracy = np.nan_to_num(result.final("test_accuracy"), nan=0.0).mean(axis=1)
     loss = np.nan_to_num(result.final("train_loss"), nan=np.inf).mean(axis=1)
     good = accuracy >= accuracy.max() - WINDOW
@@ -70,9 +82,9 @@ def run(quick: bool, out: Path, seed: int) -> dict:
     }
   wall_time = time.perf_counter() - start
 
-  params = init_params(jax.random.PRNGKey(0))
+  params = jax.eval_shape(init_params, jax.random.PRNGKey(0))
   memory = {name: _state_bytes(make, params) for name, make in OPTIMIZERS.items()}
-  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  param_bytes = _nbytes(params)
   ratio = memory["novograd"] / memory["adam"]
   ng, others = sweeps["novograd"], [sweeps["adam"], sweeps["sgd_momentum"]]
   robust = all(ng["good_window_size"] >= o["good_window_size"] for o in others)

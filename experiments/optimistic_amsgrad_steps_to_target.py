@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
 from jaxlearn.optim import optimistic_amsgrad
 from jaxlearn.train import classifier, experiment_main, fit, grid, mlp, new_figure, save_result
 
@@ -84,26 +85,31 @@ def _steps_to(curves: np.ndarray, steps_axis: np.ndarray, target: float, budget:
   return first.astype(float)
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(seed=seed)
-  steps, eval_every = (100, 25) if quick else (1500, 25)
+  steps, eval_every = (20, 5) if quick else (1500, 25)
   seeds = [seed] if quick else [seed, seed + 1, seed + 2]
   learning_rates = (1e-3,) if quick else (1e-3, 3e-3)
 
   start = time.perf_counter()
   table, plots = [], {}
   models = _models(data.num_classes)
-  if quick:  # smoke run: one model keeps it to two compilations
+  if quick:  # smoke run: one model, the three optimizers in one compiled program
     models = {"logistic": models["logistic"]}
   for model_name, (init_params, apply_fn) in models.items():
     loss_fn, eval_fn = classifier(apply_fn)
-    histories = {}
-    for name, make in OPTIMIZERS.items():
-      result = fit(loss_fn, init_params, make, data, steps=steps, eval_every=eval_every,
-                   batch_size=64, configs=grid(learning_rate=learning_rates), seeds=seeds,
-                   eval_fn=eval_fn, desc=f"{model_name}/{name}")
-      histories[name] = result.history["train_loss"]  # (lrs, seeds, evals)
-      steps_axis = result.eval_steps
+    common = dict(steps=steps, eval_every=eval_every, batch_size=64, seeds=seeds,
+                  eval_fn=eval_fn)
+    configs = grid(learning_rate=learning_rates)
+    if quick:
+      results = fit_each(list(OPTIMIZERS.values()), loss_fn, init_params, data, progress=False,
+                         configs=[configs] * len(OPTIMIZERS), **common)
+    else:
+      results = [fit(loss_fn, init_params, make, data, configs=configs,
+                     desc=f"{model_name}/{name}", **common) for name, make in OPTIMIZERS.items()]
+    histories = {name: r.history["train_loss"] for name, r in zip(OPTIMIZERS, results)}
+    steps_axis = results[0].eval_steps  # histories: (lrs, seeds, evals)
     for i, lr in enumerate(learning_rates):
       target = 2.0 * float(histories["amsgrad"][i, :, -1].mean())
       to_target = {n: _steps_to(h[i], steps_axis, target, steps) for n, h in histories.items()}

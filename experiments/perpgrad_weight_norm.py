@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import modular_arithmetic
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
 from jaxlearn.optim import orthogonalize_gradients
 from jaxlearn.train import experiment_main, fit, new_figure, save_result
 
@@ -57,7 +58,8 @@ def _make_optimizer(variant):
   return adamw
 
 
-def _train(variant, data, sizes, *, steps, eval_every, seeds):
+def _train(data, sizes, *, steps, eval_every, seeds, one_program):
+  """Every variant's summary; with `one_program`, both variants as one compiled program."""
   loss = optax.losses.softmax_cross_entropy_with_integer_labels
 
   def loss_fn(weights, x, y):
@@ -69,11 +71,20 @@ def _train(variant, data, sizes, *, steps, eval_every, seeds):
         "weight_norm": optax.tree.norm(weights),
     }
 
-  result = fit(loss_fn, lambda key: _init_mlp(key, sizes), _make_optimizer(variant), data,
-               steps=steps, batch_size=None, seeds=seeds, eval_every=eval_every,
-               eval_fn=eval_fn, progress=False, desc=variant)
+  init = lambda key: _init_mlp(key, sizes)
+  common = dict(steps=steps, batch_size=None, seeds=seeds, eval_every=eval_every,
+                eval_fn=eval_fn, progress=False)
+  if one_program:
+    results = fit_each([_make_optimizer(v) for v in VARIANTS], loss_fn, init, data,
+                       configs=[[{}]] * len(VARIANTS), **common)
+  else:
+    results = [fit(loss_fn, init, _make_optimizer(v), data, desc=v, **common) for v in VARIANTS]
   initial_norm = np.asarray([float(optax.tree.norm(_init_mlp(
       jax.random.split(jax.random.PRNGKey(s))[0], sizes))) for s in seeds])
+  return {v: _summary(result, initial_norm) for v, result in zip(VARIANTS, results)}
+
+
+def _summary(result, initial_norm):
   norm_ratio = result.history["train_weight_norm"][0] / initial_norm[:, None]  # (S, T)
   test = result.history["test_accuracy"][0]
   reached = [np.flatnonzero(run >= 0.9) for run in test]
@@ -88,15 +99,15 @@ def _train(variant, data, sizes, *, steps, eval_every, seeds):
   }
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   p = 11 if quick else 47
-  steps, eval_every = (40, 20) if quick else (1000, 25)
+  steps, eval_every = (20, 10) if quick else (1000, 25)
   seeds = [seed, seed + 1] if quick else [seed, seed + 1, seed + 2]
   data = modular_arithmetic(p, operation="add", train_fraction=0.4, seed=seed)
   sizes = (2 * p, *HIDDEN, p)
   start = time.perf_counter()
-  runs = {v: _train(v, data, sizes, steps=steps, eval_every=eval_every, seeds=seeds)
-          for v in VARIANTS}
+  runs = _train(data, sizes, steps=steps, eval_every=eval_every, seeds=seeds, one_program=quick)
   wall = time.perf_counter() - start
   plain, perp = runs["adamw"], runs["perp_adamw"]
 

@@ -33,10 +33,11 @@ import optax
 
 from jaxlearn import optim
 from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
 from jaxlearn.optim.ranger21 import default_warmup_iterations
 from jaxlearn.train import classifier, experiment_main, fit, grid, mlp, new_figure, save_result
 
-DEPTH, WIDTH, QUICK_DEPTH = 20, 32, 4
+DEPTH, WIDTH, QUICK_DEPTH = 20, 32, 1
 CHANCE_LOSS = math.log(10)
 
 
@@ -116,6 +117,7 @@ def _rows(name_of, result, indices, learning_rates) -> tuple[dict, dict]:
   return row, curve
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(seed=seed)
   depth = QUICK_DEPTH if quick else DEPTH  # the smoke run only checks the plumbing
@@ -131,16 +133,22 @@ def run(quick: bool, out: Path, seed: int) -> dict:
 
   rows, curves = [], {}
   start = time.perf_counter()
-  for name, schedule in (("adamw", False),) + (() if quick else (("adamw+schedule", True),)):
-    result = fit(loss_fn, init_params, adamw(schedule, steps), configs=grid(
-        learning_rate=adamw_rates), desc=name, **common)
-    row, curves[name] = _rows(name, result, list(range(len(adamw_rates))), adamw_rates)
-    rows.append(row)
   # Full Ranger21 and every one-part ablation, all learning rates and seeds: one program.
   variants = [("ranger21", FULL)] + [(f"-{part}", FULL | {part: 0.0}) for part in ablations]
   configs = [dict(learning_rate=lr, **parts) for _, parts in variants for lr in ranger_rates]
-  result = fit(loss_fn, init_params, make_ranger21(steps), configs=configs, desc="ranger21",
-               **common)
+  if quick:  # smoke run: AdamW and Ranger21 in one compiled program (AdamW ignores the parts)
+    make_adamw = lambda learning_rate, **parts: adamw(False, steps)(learning_rate)
+    adamw_result, ranger_result = fit_each(
+        [make_adamw, make_ranger21(steps)], loss_fn, init_params, progress=False,
+        configs=[[dict(learning_rate=lr, **FULL) for lr in adamw_rates], configs], **common)
+  for name, schedule in (("adamw", False),) + (() if quick else (("adamw+schedule", True),)):
+    result = adamw_result if quick else fit(loss_fn, init_params, adamw(schedule, steps),
+                                            configs=grid(learning_rate=adamw_rates), desc=name,
+                                            **common)
+    row, curves[name] = _rows(name, result, list(range(len(adamw_rates))), adamw_rates)
+    rows.append(row)
+  result = ranger_result if quick else fit(loss_fn, init_params, make_ranger21(steps),
+                                           configs=configs, desc="ranger21", **common)
   for v, (name, _) in enumerate(variants):
     indices = list(range(v * len(ranger_rates), (v + 1) * len(ranger_rates)))
     row, curves[name] = _rows(name, result, indices, ranger_rates)

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import Dataset, load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.nn import init_lora, lora_delta
 from jaxlearn.optim import sora
 from jaxlearn.train import classifier, experiment_main, fit, mlp, new_figure, save_result
@@ -37,8 +38,9 @@ def _gate_mask(params):
   return {layer: {name: name == "gate" for name in leaves} for layer, leaves in params.items()}
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
-  pre_steps, steps, eval_every = (50, 40, 20) if quick else (600, 600, 100)
+  pre_steps, steps, eval_every = (20, 20, 10) if quick else (600, 600, 100)
   seeds = [seed] if quick else [seed, seed + 1, seed + 2]
   lambdas = LAMBDAS[::2] if quick else LAMBDAS
   data = load_digits(seed=seed)

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import Dataset, modular_arithmetic
+from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.losses import (
     softmax_collapse_fraction,
     stablemax_cross_entropy,
@@ -114,9 +115,10 @@ def _summary(result) -> dict:
   }
 
 
+@fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   p = 11 if quick else 47
-  steps, eval_every = (40, 20) if quick else (3000, 100)
+  steps, eval_every = (20, 10) if quick else (3000, 100)
   seeds = [seed, seed + 1] if quick else [seed, seed + 1, seed + 2]
   data = modular_arithmetic(p, operation="add", train_fraction=0.4, seed=seed)
   sizes = (2 * p, *HIDDEN, p)

@@ -19,24 +19,17 @@ import argparse
 import importlib
 import inspect
 import json
-import pkgutil
 import sys
 import textwrap
 from pathlib import Path
 from typing import Sequence
 
 from jaxlearn import registry
+from jaxlearn._commands import add_sweep_arguments, experiment_names
+
+__all__ = ["main", "build_parser"]
 
 USAGE_ERROR = 2
-
-
-def experiment_names() -> list[str]:
-  """Modules of jaxlearn.experiments (the top-level experiments/ folder) that have a `main`."""
-  import jaxlearn.experiments as package
-
-  return sorted(
-      m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")
-  )
 
 
 def _fail(message: str) -> int:
@@ -158,6 +151,16 @@ def _run_all(args) -> int:
   return 1 if failures else 0
 
 
+def _cmd_report(args) -> int:
+  from jaxlearn.train import report
+
+  verdicts = report.write_report(args.results, args.page)
+  counts = {v: list(verdicts.values()).count(v) for v in dict.fromkeys(verdicts.values())}
+  print(f"{args.page}: {len(verdicts)} experiments ("
+        + ", ".join(f"{n} {v}" for v, n in counts.items()) + f"), results from {args.results}")
+  return 0
+
+
 def _cmd_sweep(args) -> int:
   from jaxlearn.train import sweep
 
@@ -198,7 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--seed", type=int, default=0, help="base random seed")
   run.set_defaults(handler=_cmd_run)
 
-  from jaxlearn.launch import add_sweep_arguments  # light: imports jax only when run
+  report = commands.add_parser(
+      "report", help="write the reproductions page from the experiments' full-run results"
+  )
+  report.add_argument("--results", type=Path, default=Path("results"),
+                      help="folder of the JSON and PNG results (quick runs are skipped)")
+  report.add_argument("--page", type=Path, default=Path("docs/reproductions.md"),
+                      help="the page to write; plots go to the folder of the same name beside it")
+  report.set_defaults(handler=_cmd_report)
 
   sweep = commands.add_parser(
       "sweep", help="train one optimizer over a hyperparameter grid or random search and seeds"
