@@ -78,8 +78,10 @@ def test_experiment_runs_on_simulated_devices(tmp_path):
   assert (tmp_path / "bench_sweep.png").is_file()
   assert record["config"]["devices"] == 8 and record["claim_held"] is None
   for row in record["metrics"]["table"]:
+    # End-to-end timings (each sequential run compiling) are measured for some K only.
     for key in ("vmapped_s", "sequential_s", "speedup", "speedup_end_to_end"):
-      assert math.isfinite(row[key]) and row[key] > 0, key
+      if key in row or key != "speedup_end_to_end":
+        assert math.isfinite(row[key]) and row[key] > 0, key
     assert 0.0 <= row["best_test_accuracy"] <= 1.0
 
 
