@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from jaxlearn.train import FitResult, fit, grid
-from jaxlearn.train.compare import Entry
+from jaxlearn.train.compare import Entry, summarize
 
 MakeOptimizer = Callable[..., optax.GradientTransformation]
 
@@ -116,18 +116,6 @@ def compare_in_one_program(
   )
   rows, curves = [], {}
   for entry, result in zip(entries, results):
-    best = int(np.argmin(result.history["train_loss"][:, :, -1].mean(axis=1)))
-    final = {name: float(values[best, :, -1].mean()) for name, values in result.history.items()}
-    rows.append({
-        "optimizer": entry.label,
-        "learning_rate": entry.learning_rates[best],
-        "learning_rates_tried": list(entry.learning_rates),
-        **final,
-        "time_s": result.wall_time_s,
-    })
-    curves[entry.label] = {
-        "steps": result.eval_steps,
-        "train_loss": result.history["train_loss"][best].mean(axis=0),
-        "test_accuracy": result.history["test_accuracy"][best].mean(axis=0),
-    }
+    row, curves[entry.label] = summarize(entry, result)
+    rows.append(row)
   return rows, curves

@@ -16,7 +16,9 @@ import optax
 from jaxlearn.data import Dataset
 from jaxlearn.train.loop import fit, grid
 
-__all__ = ["Entry", "required_arguments", "compare_optimizers", "print_table", "plot_curves"]
+__all__ = [
+    "Entry", "required_arguments", "compare_optimizers", "summarize", "print_table", "plot_curves",
+]
 
 
 class Entry(NamedTuple):
@@ -51,21 +53,29 @@ def compare_optimizers(
         batch_size=batch_size, configs=grid(learning_rate=list(entry.learning_rates)),
         seeds=list(seeds), eval_fn=eval_fn, desc=entry.label,
     )
-    best = int(np.argmin(result.history["train_loss"][:, :, -1].mean(axis=1)))
-    final = {name: float(values[best, :, -1].mean()) for name, values in result.history.items()}
-    rows.append({
-        "optimizer": entry.label,
-        "learning_rate": entry.learning_rates[best],
-        "learning_rates_tried": list(entry.learning_rates),
-        **final,
-        "time_s": result.wall_time_s,
-    })
-    curves[entry.label] = {
-        "steps": result.eval_steps,
-        "train_loss": result.history["train_loss"][best].mean(axis=0),
-        "test_accuracy": result.history["test_accuracy"][best].mean(axis=0),
-    }
+    row, curves[entry.label] = summarize(entry, result)
+    rows.append(row)
   return rows, curves
+
+
+def summarize(entry: Entry, result) -> tuple[dict, dict]:
+  """(table row, learning curves) of one entry's `fit` result, at its best learning rate (the
+  lowest final training loss, averaged over seeds)."""
+  best = int(np.argmin(result.history["train_loss"][:, :, -1].mean(axis=1)))
+  final = {name: float(values[best, :, -1].mean()) for name, values in result.history.items()}
+  row = {
+      "optimizer": entry.label,
+      "learning_rate": entry.learning_rates[best],
+      "learning_rates_tried": list(entry.learning_rates),
+      **final,
+      "time_s": result.wall_time_s,
+  }
+  curves = {
+      "steps": result.eval_steps,
+      "train_loss": result.history["train_loss"][best].mean(axis=0),
+      "test_accuracy": result.history["test_accuracy"][best].mean(axis=0),
+  }
+  return row, curves
 
 
 def print_table(rows: Sequence[dict]) -> None:
