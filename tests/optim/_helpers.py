@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -14,3 +15,19 @@ def run_optimizer(optimizer, params, grads):
     updates, state = step(jax.tree.map(jnp.asarray, g), state, params)
     params = optax.apply_updates(params, updates)
   return params, state
+
+
+def assert_bfloat16_gradients_give_the_float32_state(transform, fields, params=None):
+  """Three bfloat16 gradients leave `transform`'s state `fields` in float32 and equal to the
+  state that the same gradients, cast to float32 first, give: the moments round nothing to
+  bfloat16 on the way in."""
+  rng = np.random.default_rng(5)
+  grads = [jnp.asarray(rng.normal(size=(4, 3)), jnp.bfloat16) for _ in range(3)]
+  params = jnp.zeros((4, 3)) if params is None else params
+  low = high = transform.init(params)
+  for g in grads:
+    low = transform.update(g, low, params)[1]
+    high = transform.update(g.astype(jnp.float32), high, params)[1]
+  for name in fields:
+    assert getattr(low, name).dtype == jnp.float32, name
+    np.testing.assert_array_equal(getattr(low, name), getattr(high, name), err_msg=name)

@@ -9,7 +9,10 @@ import optax
 import pytest
 
 from jaxlearn import optim
-from tests.optim._helpers import run_optimizer
+from tests.optim._helpers import (
+    assert_bfloat16_gradients_give_the_float32_state,
+    run_optimizer,
+)
 
 STEPS = 7
 
@@ -146,16 +149,8 @@ def test_inject_hyperparams_matches_plain_and_keeps_dtypes():
 def test_bfloat16_gradients_give_the_float32_state():
   """Both momentum buffers and the second moment cast the gradient to float32 before
   (1 - b) * g (`_common.update_moment`); they used to round it to bfloat16 first."""
-  rng = np.random.default_rng(5)
-  grads = [jnp.asarray(rng.normal(size=(4, 3)), jnp.bfloat16) for _ in range(3)]
-  transform = optim.scale_by_adapnm()
-  low = high = transform.init(jnp.zeros((4, 3)))
-  for g in grads:
-    low = transform.update(g, low)[1]
-    high = transform.update(g.astype(jnp.float32), high)[1]
-  for name in ("mu_odd", "mu_even", "nu", "nu_max"):
-    assert getattr(low, name).dtype == jnp.float32
-    np.testing.assert_array_equal(getattr(low, name), getattr(high, name), err_msg=name)
+  assert_bfloat16_gradients_give_the_float32_state(
+      optim.scale_by_adapnm(), ("mu_odd", "mu_even", "nu", "nu_max"))
 
 
 @pytest.mark.parametrize("kwargs, name", [

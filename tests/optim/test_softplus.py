@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from jaxlearn import optim
+from tests.optim._helpers import assert_bfloat16_gradients_give_the_float32_state
 
 
 def test_softplus_denominator_values_floor_and_no_overflow():
@@ -54,16 +55,7 @@ def test_sadam_matches_numpy_transcription(amsgrad, beta):
 def test_bfloat16_gradients_give_the_float32_state():
   """The moments cast the gradient to float32 before (1 - b) * g (`_common.update_moment`); they
   used to round (1 - b) * g and g**2 to bfloat16 first."""
-  rng = np.random.default_rng(5)
-  grads = [jnp.asarray(rng.normal(size=(4, 3)), jnp.bfloat16) for _ in range(3)]
-  transform = optim.scale_by_sadam()
-  low = high = transform.init(jnp.zeros((4, 3)))
-  for g in grads:
-    low = transform.update(g, low)[1]
-    high = transform.update(g.astype(jnp.float32), high)[1]
-  for name in ("mu", "nu", "nu_max"):
-    assert getattr(low, name).dtype == jnp.float32
-    np.testing.assert_array_equal(getattr(low, name), getattr(high, name), err_msg=name)
+  assert_bfloat16_gradients_give_the_float32_state(optim.scale_by_sadam(), ("mu", "nu", "nu_max"))
 
 
 @pytest.mark.parametrize("kwargs, name", [(dict(beta=0.0), "beta"), (dict(b1=1.0), "b1")])
