@@ -302,7 +302,10 @@ def test_soft_threshold_turns_updates_into_the_proximal_step():
 
 
 # ---------------------------------------------------------------------------------------------
-# Method modules take shared pieces from _common, never from each other.
+# Method modules take shared pieces from _common (and the matrix view and matrix functions from
+# matrix), never from each other.
+
+SHARED = {"matrix", "extra_args"}
 
 # Composition, not sharing: these modules build on another method's public parts.
 COMPOSED_OF = {
@@ -318,13 +321,14 @@ def test_method_modules_import_only_common_and_their_parts():
   import jaxlearn.optim
 
   for path in sorted(pathlib.Path(jaxlearn.optim.__file__).parent.glob("*.py")):
-    if path.stem in ("__init__", "_common"):
+    if path.stem in ("__init__", "_common") or path.stem in SHARED:
       continue
     for node in ast.walk(ast.parse(path.read_text())):
       if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxlearn.optim.")):
         continue
       source = node.module.rsplit(".", 1)[1]
-      assert source in COMPOSED_OF.get(path.stem, ()), f"{path.stem} imports from {source}"
+      allowed = SHARED | COMPOSED_OF.get(path.stem, set())
+      assert source in allowed, f"{path.stem} imports from {source}"
       private = [a.name for a in node.names if a.name.startswith("_")]
       assert not private, f"{path.stem} imports private names {private} from {source}"
 
@@ -343,9 +347,17 @@ def _registered_aliases():
     kwargs = {"learning_rate": 0.1}
     if "num_iterations" in inspect.signature(factory).parameters:
       kwargs["num_iterations"] = None
-    extras = {"margins": jnp.ones(4)} if "margins" in method.update_extras else {}
-    cases.append(pytest.param(lambda f=factory, k=kwargs: f(**k), extras, id=symbol.rsplit(".")[-1]))
+    cases.append(pytest.param(lambda f=factory, k=kwargs: f(**k), method.update_extras,
+                              id=symbol.rsplit(".")[-1]))
   return cases
+
+
+def _extras(names, params):
+  """The extra `update` arguments `names` of a sum-of-squares loss at `params` (margins: ones)."""
+  squares = lambda p: sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(p))
+  floats = jax.tree.map(lambda x: x.astype(jnp.float32), params)  # grad needs float inputs
+  extras = optim.extra_update_args([n for n in names if n != "margins"], squares, floats)
+  return extras | ({"margins": jnp.ones(4)} if "margins" in names else {})
 
 
 def _transforms():
@@ -374,35 +386,36 @@ def _transforms():
       "soft_threshold": lambda: optim.soft_threshold(0.1),
       "decayed_weights": lambda: optim.decayed_weights(0.1),
   }
-  return [pytest.param(make, {}, id=name) for name, make in makers.items()]
+  return [pytest.param(make, (), id=name) for name, make in makers.items()]
 
 
 ALL_OPTIMIZERS = _registered_aliases() + _transforms()
 
 
-def _trace_update(optimizer, extras, grads, params):
+def _trace_update(optimizer, extra_names, grads, params):
   """Traces one update (shapes and dtypes only, nothing is computed)."""
   state = optimizer.init(params)
+  extras = _extras(extra_names, params)
   return jax.eval_shape(lambda g, s, p: optimizer.update(g, s, p, **extras), grads, state, params)
 
 
-@pytest.mark.parametrize("make, extras", ALL_OPTIMIZERS)
-def test_updates_that_only_broadcast_against_params_are_rejected(make, extras):
+@pytest.mark.parametrize("make, extra_names", ALL_OPTIMIZERS)
+def test_updates_that_only_broadcast_against_params_are_rejected(make, extra_names):
   """A (4,) update for a (1,) parameter used to come back (4,)-shaped, and optax.apply_updates
   then silently changed the parameter's shape."""
   params = {"w": jnp.ones((3, 4)), "b": jnp.ones((1,))}
   grads = {"w": jnp.ones((3, 4)), "b": jnp.ones((4,))}
   with pytest.raises(ValueError, match=r"updates\['b'\] has shape \(4,\).*params\['b'\] .*\(1,\)"):
-    _trace_update(make(), extras, grads, params)
+    _trace_update(make(), extra_names, grads, params)
 
 
-@pytest.mark.parametrize("make, extras", ALL_OPTIMIZERS)
-def test_integer_params_are_rejected(make, extras):
+@pytest.mark.parametrize("make, extra_names", ALL_OPTIMIZERS)
+def test_integer_params_are_rejected(make, extra_names):
   """Integer parameters used to be accepted and every update truncated (5 - 0.1 -> 4)."""
   params = {"w": jnp.ones((3, 4)), "b": jnp.asarray([5, 3, 2, 1], jnp.int32)}
   grads = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
   with pytest.raises(ValueError, match=r"params\['b'\] has dtype int32"):
-    _trace_update(make(), extras, grads, params)
+    _trace_update(make(), extra_names, grads, params)
 
 
 def test_check_params_accepts_matching_float_trees_and_masked_leaves():
@@ -444,4 +457,4 @@ def test_an_out_of_range_channel_axis_raises_instead_of_wrapping(make):
   """channel_axis=2 on a (3, 2) kernel used to wrap around to axis 0."""
   params = {"w": jnp.ones((3, 2))}
   with pytest.raises(ValueError, match=r"channel_axis=-?\d+ is out of range .* 2 dimensions"):
-    _trace_update(make(), {}, params, params)
+    _trace_update(make(), (), params, params)

@@ -1,0 +1,432 @@
+r"""The matrix view of a parameter, and the matrix functions matrix-structured rules share.
+
+Rules such as Muon-style orthogonalization, one-sided preconditioners (ASGO) and low-rank
+projections (GaLore, Fira) treat a leaf as a matrix. Which axes form the matrix is given by
+`optax.contrib.MuonDimensionNumbers` (``reduction_axis`` = fan-in, ``output_axis`` = fan-out);
+every other axis is a batch axis, over which the rule is applied independently. The defaults for
+flax layouts (`default_dimension_numbers`):
+
+=============================== ============================== ==================================
+leaf                            shape                          matrix
+=============================== ============================== ==================================
+Dense kernel                    ``(in, out)``                  ``in x out``
+scan-stacked Dense kernels      ``(L, in, out)``               ``L`` matrices ``in x out``
+Conv kernel (HWIO)              ``(H, W, I, O)``               ``H*W*I x O``
+bias, scale, scalar             ``(n,)``, ``()``               none: the fallback optimizer
+=============================== ============================== ==================================
+
+A 3-D leaf is read as scan-stacked: a 1-D convolution kernel ``(W, I, O)`` needs an explicit
+spec, ``MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=2)``.
+
+The matrix functions compute in float32 (or wider) whatever the input dtype and return the
+input's dtype: `newton_schulz` (orthogonalization), `symmetric_power` and `inverse_pth_root`
+(eigendecomposition), `top_r_projector` with `project` / `project_back` (the top-r singular
+subspace, by SVD or a randomized range finder). They take ``(..., m, n)`` arrays: leading axes
+are batch axes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax.contrib import MuonDimensionNumbers
+
+from jaxlearn import _checks
+
+__all__ = [
+    "MuonDimensionNumbers",
+    "NS_COEFFICIENTS",
+    "default_dimension_numbers",
+    "leaf_dimension_numbers",
+    "matrix_labels",
+    "partition_matrices",
+    "matrix_shape",
+    "to_matrices",
+    "from_matrices",
+    "newton_schulz",
+    "symmetric_power",
+    "inverse_pth_root",
+    "projects_right",
+    "top_r_projector",
+    "project",
+    "project_back",
+]
+
+# Muon's quintic Newton-Schulz coefficients (Keller Jordan; optax's default): they maximize the
+# slope at zero, so 5 steps bring the singular values into roughly [0.7, 1.2], not exactly 1.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+SIDES = ("std", "reverse_std")
+
+DimensionNumbers = Any  # None, a MuonDimensionNumbers, a pytree of them (None: not a matrix),
+# or a callable params -> such a pytree
+
+
+def default_dimension_numbers(shape: Sequence[int]) -> MuonDimensionNumbers | None:
+  """The matrix view of a flax-layout leaf of this shape, or None for a non-matrix leaf.
+
+  Example:
+    >>> from jaxlearn.optim.matrix import default_dimension_numbers
+    >>> default_dimension_numbers((3, 3, 16, 32))  # a conv kernel, HWIO
+    MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=(3,))
+    >>> print(default_dimension_numbers((32,)))
+    None
+  """
+  ndim = len(shape)
+  if ndim == 2:
+    return MuonDimensionNumbers((0,), (1,))
+  if ndim == 3:  # scan-stacked (L, in, out): L is a batch axis
+    return MuonDimensionNumbers((1,), (2,))
+  if ndim == 4:  # conv HWIO
+    return MuonDimensionNumbers((0, 1, 2), (3,))
+  return None
+
+
+def _axes(axes: int | Sequence[int]) -> tuple[int, ...]:
+  return (axes,) if isinstance(axes, int) else tuple(axes)
+
+
+def _normalized(spec: MuonDimensionNumbers, shape: Sequence[int], where: str,
+                name: str) -> MuonDimensionNumbers:
+  """`spec` with non-negative axis tuples; a ValueError naming `name` if it cannot apply."""
+  ndim = len(shape)
+  if ndim < 2:
+    raise ValueError(f"{name} gives {where} (shape {tuple(shape)}) a matrix view, but a matrix "
+                     "rule needs a leaf with at least 2 dimensions; give it None to send it to "
+                     "the fallback optimizer")
+  reduction, output = _axes(spec.reduction_axis), _axes(spec.output_axis)
+  for axis in reduction + output:
+    if not -ndim <= axis < ndim:
+      raise ValueError(f"{name}: axis {axis} of {where} is out of range for shape "
+                       f"{tuple(shape)}")
+  reduction = tuple(a % ndim for a in reduction)
+  output = tuple(a % ndim for a in output)
+  if not reduction or not output or set(reduction) & set(output):
+    raise ValueError(f"{name}: the reduction axes {reduction} and output axes {output} of "
+                     f"{where} must be non-empty and disjoint")
+  return MuonDimensionNumbers(reduction, output)
+
+
+class _Entry:
+  """A per-leaf spec, boxed so that None survives tree maps (not a pytree node)."""
+
+  def __init__(self, spec, masked=False):
+    self.spec, self.masked = spec, masked
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def leaf_dimension_numbers(tree: Any, dimension_numbers: DimensionNumbers = None,
+                           name: str = "dimension_numbers") -> list[MuonDimensionNumbers | None]:
+  """The validated matrix spec of every leaf of `tree`, in `jax.tree.leaves` order.
+
+  Args:
+    tree: parameters or updates; `optax.MaskedNode` entries (from `optax.partition`) are skipped.
+    dimension_numbers: None (the flax defaults), one spec for every leaf, a pytree (or prefix) of
+      specs and Nones matching `tree`'s parameters, or a callable returning one.
+    name: the argument's name, for error messages.
+
+  Raises:
+    ValueError: naming `name`, when a spec is given to a leaf with fewer than 2 dimensions or its
+      axes do not fit the leaf.
+  """
+  if callable(dimension_numbers) and not isinstance(dimension_numbers, MuonDimensionNumbers):
+    dimension_numbers = dimension_numbers(tree)
+  is_spec = lambda x: x is None or isinstance(x, MuonDimensionNumbers)
+  if is_spec(dimension_numbers):
+    boxed = jax.tree.map(lambda x: _Entry(dimension_numbers, _is_masked(x)), tree,
+                         is_leaf=_is_masked)
+  else:
+    boxed = jax.tree.map(
+        lambda spec, sub: jax.tree.map(lambda x: _Entry(spec, _is_masked(x)), sub,
+                                       is_leaf=_is_masked),
+        dimension_numbers, tree, is_leaf=is_spec)
+  entries = [e for e in jax.tree.leaves(boxed) if not e.masked]
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+  leaves = jax.tree.leaves(tree)
+  specs = []
+  for entry, leaf, path in zip(entries, leaves, paths, strict=True):
+    shape = jnp.shape(leaf)
+    if dimension_numbers is None:
+      specs.append(default_dimension_numbers(shape))
+    elif entry.spec is None:
+      specs.append(None)
+    else:
+      specs.append(_normalized(entry.spec, shape, f"leaf {path or 'the root'}", name))
+  return specs
+
+
+def matrix_labels(params: Any, dimension_numbers: DimensionNumbers = None) -> Any:
+  """``"matrix"`` for leaves with a matrix view, ``"fallback"`` for the others (a tree)."""
+  specs = iter(leaf_dimension_numbers(params, dimension_numbers))
+  return jax.tree.map(lambda _: "fallback" if next(specs) is None else "matrix", params)
+
+
+def partition_matrices(
+    matrix: optax.GradientTransformation,
+    fallback: optax.GradientTransformation,
+    dimension_numbers: DimensionNumbers = None,
+) -> optax.GradientTransformationExtraArgs:
+  """`matrix` on the leaves with a matrix view, `fallback` on the others (`optax.partition`).
+
+  Pass the same `dimension_numbers` to the matrix rule: it reads them on the masked tree.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim.matrix import partition_matrices
+    >>> tx = partition_matrices(optax.sgd(1.0), optax.sgd(0.0))
+    >>> params = {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}
+    >>> updates, _ = tx.update(params, tx.init(params))
+    >>> float(updates["kernel"][0, 0]), float(updates["bias"][0])
+    (-1.0, -0.0)
+  """
+  return optax.partition({"matrix": matrix, "fallback": fallback},
+                         lambda params: matrix_labels(params, dimension_numbers))
+
+
+def _layout(shape: Sequence[int], spec: MuonDimensionNumbers):
+  ndim = len(shape)
+  reduction = tuple(a % ndim for a in _axes(spec.reduction_axis))
+  output = tuple(a % ndim for a in _axes(spec.output_axis))
+  batch = tuple(a for a in range(len(shape)) if a not in reduction + output)
+  return batch, reduction, output
+
+
+def matrix_shape(shape: Sequence[int], spec: MuonDimensionNumbers) -> tuple[int, int, int]:
+  """``(batch, m, n)``: the number of matrices and their fan-in and fan-out sizes."""
+  batch, reduction, output = _layout(shape, spec)
+  size = lambda axes: math.prod(shape[a] for a in axes)
+  return size(batch), size(reduction), size(output)
+
+
+def to_matrices(x: jax.Array, spec: MuonDimensionNumbers) -> jax.Array:
+  """`x` as a ``(batch, m, n)`` stack of matrices (batch axes, then fan-in, then fan-out)."""
+  batch, reduction, output = _layout(x.shape, spec)
+  return jnp.transpose(x, batch + reduction + output).reshape(matrix_shape(x.shape, spec))
+
+
+def from_matrices(y: jax.Array, spec: MuonDimensionNumbers, shape: Sequence[int]) -> jax.Array:
+  """The inverse of `to_matrices` for a leaf of `shape`."""
+  order = sum(_layout(shape, spec), ())
+  stacked = y.reshape(tuple(shape[a] for a in order))
+  return jnp.transpose(stacked, tuple(order.index(a) for a in range(len(shape))))
+
+
+def _wide(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _transpose(x: jax.Array) -> jax.Array:
+  return jnp.swapaxes(x, -1, -2)
+
+
+def newton_schulz(
+    x: jax.Array,
+    *,
+    steps: int = 5,
+    coefficients: Sequence[float] | Sequence[Sequence[float]] = NS_COEFFICIENTS,
+    eps: float = 1e-7,
+) -> jax.Array:
+  r"""Approximately orthogonalizes `x` (the polar factor :math:`UV^\top` of :math:`X = USV^\top`).
+
+  .. math::
+
+     X_0 = X / (\|X\|_F + \epsilon), \qquad
+     X_{k+1} = a X_k + (b A_k + c A_k^2) X_k, \quad A_k = X_k X_k^\top,
+
+  on the shorter side (``X`` is transposed when it has more rows than columns). With Muon's
+  coefficients (the default) the singular values land near, not at, 1; ``(1.5, -0.5, 0)`` is
+  the classical cubic iteration, which converges to :math:`UV^\top`.
+
+  Args:
+    x: ``(..., m, n)``; leading axes are batch axes.
+    steps: the number of iterations (static).
+    coefficients: ``(a, b, c)`` for every step, or one triple per step (then ``steps`` must
+      equal their number).
+    eps: added to the Frobenius norm (a zero matrix stays zero).
+
+  Returns:
+    The orthogonalized ``x``, in its dtype (computed in float32 or wider).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim.matrix import newton_schulz
+    >>> q = newton_schulz(jnp.array([[3.0, 0.0], [0.0, 0.1]]), steps=30,
+    ...                   coefficients=(1.5, -0.5, 0.0))
+    >>> print(q.round(3))
+    [[1. 0.]
+     [0. 1.]]
+  """
+  _checks.check_positive_int("steps", steps)
+  table = jnp.asarray(coefficients, jnp.float32)
+  if table.ndim == 1:
+    table = jnp.broadcast_to(table, (steps, 3))
+  if table.shape != (steps, 3):
+    raise ValueError(f"coefficients must be one (a, b, c) triple or one per step ({steps}), "
+                     f"got shape {table.shape}")
+  if x.ndim < 2:
+    raise ValueError(f"newton_schulz needs a (..., m, n) array, got shape {x.shape}")
+  tall = x.shape[-2] > x.shape[-1]
+  y = _wide(x)
+  y = _transpose(y) if tall else y
+  y = y / (jnp.linalg.norm(y, axis=(-2, -1), keepdims=True) + eps)
+
+  def step(k, y):
+    a, b, c = table[k, 0], table[k, 1], table[k, 2]
+    gram = y @ _transpose(y)
+    return a * y + (b * gram + c * gram @ gram) @ y
+
+  y = jax.lax.fori_loop(0, steps, step, y)
+  return (_transpose(y) if tall else y).astype(x.dtype)
+
+
+def symmetric_power(a: jax.Array, exponent: float, *, eps: float = 0.0,
+                    rcond: float = 1e-6) -> jax.Array:
+  r"""The power :math:`(A + \epsilon I)^{p}` of a symmetric positive semi-definite `a`.
+
+  By eigendecomposition in float32 or wider: :math:`A = Q\,\mathrm{diag}(\lambda)\,Q^\top`,
+  eigenvalues clipped at 0 (rounding makes tiny ones negative). For a negative `exponent`,
+  eigenvalues at or below ``rcond`` times the largest count as zero and are mapped to zero (a
+  pseudo-inverse root), so a rank-deficient or zero input gives a finite result.
+
+  Args:
+    a: ``(..., n, n)``, symmetric.
+    exponent: the power `p` (e.g. 0.5 for the square root, -0.25 for the inverse 4th root).
+    eps: damping added to the eigenvalues.
+    rcond: relative cut-off for negative powers.
+
+  Returns:
+    ``(..., n, n)`` in `a`'s dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim.matrix import symmetric_power
+    >>> print(symmetric_power(jnp.diag(jnp.array([4.0, 9.0])), 0.5))
+    [[2. 0.]
+     [0. 3.]]
+  """
+  if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+    raise ValueError(f"symmetric_power needs a square (..., n, n) matrix, got shape {a.shape}")
+  wide = _wide(a)
+  values, vectors = jnp.linalg.eigh(0.5 * (wide + _transpose(wide)))
+  values = jnp.maximum(values, 0.0) + eps
+  if exponent < 0:
+    floor = rcond * jnp.max(values, axis=-1, keepdims=True)
+    kept = values > floor
+    powered = jnp.where(kept, jnp.where(kept, values, 1.0) ** exponent, 0.0)
+  else:
+    powered = values ** exponent
+  return ((vectors * powered[..., None, :]) @ _transpose(vectors)).astype(a.dtype)
+
+
+def inverse_pth_root(a: jax.Array, p: int, *, eps: float = 0.0, rcond: float = 1e-6) -> jax.Array:
+  r""":math:`(A + \epsilon I)^{-1/p}` of a symmetric PSD `a` (see `symmetric_power`).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim.matrix import inverse_pth_root
+    >>> print(inverse_pth_root(jnp.diag(jnp.array([4.0, 16.0])), 2))
+    [[0.5  0.  ]
+     [0.   0.25]]
+  """
+  _checks.check_positive_int("p", p)
+  return symmetric_power(a, -1.0 / p, eps=eps, rcond=rcond)
+
+
+def projects_right(shape: Sequence[int], side: str = "std") -> bool:
+  r"""Whether the low-rank projection of an ``m x n`` matrix keeps its rows (``G P^\top``).
+
+  ``side="std"`` (GaLore's and Fira's default) projects the shorter side: for ``m >= n`` it keeps
+  :math:`R = G P^\top` (``m x r``, ``P = V_r^\top``), else :math:`R = P^\top G` (``r x n``,
+  ``P = U_r``). ``"reverse_std"`` projects the other side (what `optax.contrib.scale_by_galore`
+  does).
+  """
+  _checks.check_choice("side", side, SIDES)
+  m, n = shape[-2], shape[-1]
+  return (m >= n) == (side == "std")
+
+
+def check_rank(rank: int, shape: Sequence[int], where: str = "") -> None:
+  """`rank` must be a positive integer no larger than ``min(m, n)`` of the matrix."""
+  _checks.check_positive_int("rank", rank)
+  if rank > min(shape[-2], shape[-1]):
+    raise ValueError(f"rank={rank} is larger than the {shape[-2]}x{shape[-1]} matrix{where} "
+                     f"allows (at most {min(shape[-2], shape[-1])})")
+
+
+def top_r_projector(
+    g: jax.Array,
+    rank: int,
+    *,
+    side: str = "std",
+    method: str = "svd",
+    key: jax.Array | None = None,
+    oversample: int = 5,
+    power_iterations: int = 2,
+) -> jax.Array:
+  r"""The projector onto the top-`rank` singular subspace of `g`, on the side `side` selects.
+
+  Returns :math:`P = V_r^\top` (``r x n``) when `projects_right`, else :math:`P = U_r`
+  (``m x r``), in float32 (the factors of :math:`G = U S V^\top`). ``method="randomized"`` uses a
+  randomized range finder (Halko, Martinsson and Tropp 2011: a Gaussian sketch with `oversample`
+  extra columns, `power_iterations` subspace iterations, then the SVD of the small projected
+  matrix), which needs `key`.
+
+  Args:
+    g: ``(..., m, n)``.
+    rank: the number of singular directions kept (static), at most ``min(m, n)``.
+    side: ``"std"`` or ``"reverse_std"`` (see `projects_right`).
+    method: ``"svd"`` or ``"randomized"``.
+    key: a PRNG key for ``"randomized"``.
+    oversample: extra sketch columns for ``"randomized"``.
+    power_iterations: subspace iterations for ``"randomized"``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim.matrix import project, project_back, top_r_projector
+    >>> g = jnp.outer(jnp.arange(1.0, 5.0), jnp.array([1.0, -1.0, 2.0]))  # rank one, 4 x 3
+    >>> p = top_r_projector(g, 1)                     # 1 x 3: the coordinates G P^T are 4 x 1
+    >>> bool(jnp.allclose(project_back(project(g, p), p, right=True), g, atol=1e-5))
+    True
+  """
+  _checks.check_choice("method", method, ("svd", "randomized"))
+  check_rank(rank, g.shape)
+  right = projects_right(g.shape, side)
+  wide = _wide(g)
+  # Work on the matrix whose columns span the kept side: left singular vectors of G or of G^T.
+  target = _transpose(wide) if right else wide
+  if method == "svd":
+    u, _, _ = jnp.linalg.svd(target, full_matrices=False)
+  else:
+    if key is None:
+      raise ValueError('method="randomized" needs a PRNG key')
+    columns = min(rank + oversample, target.shape[-1])
+    sketch = jax.random.normal(key, target.shape[:-2] + (target.shape[-1], columns), wide.dtype)
+    basis, _ = jnp.linalg.qr(target @ sketch)
+    for _ in range(power_iterations):
+      basis, _ = jnp.linalg.qr(_transpose(target) @ basis)
+      basis, _ = jnp.linalg.qr(target @ basis)
+    small_u, _, _ = jnp.linalg.svd(_transpose(basis) @ target, full_matrices=False)
+    u = basis @ small_u
+  u = u[..., :rank]
+  return _transpose(u) if right else u
+
+
+def project(g: jax.Array, p: jax.Array, *, right: bool | None = None) -> jax.Array:
+  r"""The low-rank coordinates: :math:`G P^\top` for a right projector, :math:`P^\top G` else.
+
+  `right` defaults to `projects_right(g.shape)` (``side="std"``); pass it for ``reverse_std``.
+  """
+  right = projects_right(g.shape) if right is None else right
+  wide = _wide(g)
+  return wide @ _transpose(p) if right else _transpose(p) @ wide
+
+
+def project_back(r: jax.Array, p: jax.Array, *, right: bool) -> jax.Array:
+  r"""Back to full size: :math:`R P` for a right projector, :math:`P R` else (`projects_right`)."""
+  return r @ p if right else p @ r
