@@ -160,7 +160,9 @@ def optimizer_sharding_case(report):
   shapes = {"w": (4, 16), "b": (8,), "v": (3,)}
   results = {}
   for name, (factory, kwargs) in factories.items():
-    record = {}
+    record, one_device = {}, {}
+    x1 = np.linspace(-1, 1, 24, dtype=np.float32).reshape(6, 4)
+    y1 = np.asarray([1.0, -1.0, 1.0, -1.0, 1.0, 1.0], np.float32)
     try:
       with jax.set_mesh(mesh):
         params = {
@@ -207,6 +209,16 @@ def optimizer_sharding_case(report):
           record[f"{variant}/finite"] = bool(
               all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(updates))
           )
+          one_device[variant] = (opt, jax.tree.map(np.asarray, (updates, grads, params)))
+      # The same step on one device: state that is not shaped like a parameter (a
+      # preconditioner, a projector) is replicated, and must give the one-device update.
+      for variant, (opt, (sharded_updates, grads, params)) in one_device.items():
+        update = jax.jit(lambda g, s, p, opt=opt: opt.update(
+            g, s, p, **extra_update_args(names, _sharding_loss, p, x1, y1)))
+        updates, _ = update(grads, opt.init(params), params)  # the sharded run's first step
+        record[f"{variant}/one_device_difference"] = max(
+            float(np.max(np.abs(np.asarray(a) - b), initial=0.0))
+            for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(sharded_updates)))
     except Exception as error:  # recorded, so that the test names the optimizer that failed
       record["error"] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=4)}"
     results[name] = record

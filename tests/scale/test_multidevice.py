@@ -125,6 +125,8 @@ def test_optimizer_state_is_shardable_on_an_explicit_mesh(worker, name):
     assert record[f"{variant}/updates_like_params"], f"{name} ({variant}): updates' types"
     assert record[f"{variant}/sharding_mismatches"] == [], record[f"{variant}/sharding_mismatches"]
     assert record[f"{variant}/finite"]
+    # Replicated preconditioners and projectors next to sharded kernels: the one-device update.
+    assert record[f"{variant}/one_device_difference"] < 1e-5, record
 
 
 @pytest.fixture(scope="module")
