@@ -35,12 +35,12 @@ def default_learning_rate(factory) -> float:
 
 def registered_entries(steps: int) -> list[Entry]:
   entries = [Entry("adamw (optax)", optax.adamw, tuple(1e-3 * g for g in GRID))]
-  for _, symbol in registry.optimizer_aliases():
+  for method, symbol in registry.optimizer_aliases():
     factory = registry.resolve(symbol)
     extra = required_arguments(factory, num_iterations=steps)
     lr = default_learning_rate(factory)
     make = lambda learning_rate, factory=factory, extra=extra: factory(learning_rate, **extra)
-    entries.append(Entry(symbol, make, tuple(lr * g for g in GRID)))
+    entries.append(Entry(symbol, make, tuple(lr * g for g in GRID), method.update_extras))
   return entries
 
 

@@ -20,9 +20,14 @@ spec, ``MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=2)``.
 
 The matrix functions compute in float32 (or wider) whatever the input dtype and return the
 input's dtype: `newton_schulz` (orthogonalization), `symmetric_power` and `inverse_pth_root`
-(eigendecomposition), `top_r_projector` with `project` / `project_back` (the top-r singular
-subspace, by SVD or a randomized range finder). They take ``(..., m, n)`` arrays: leading axes
-are batch axes.
+(eigendecomposition), `inverse_sqrt_newton_schulz` (the coupled Newton-Schulz inverse square
+root, with PolarExpress coefficients by default), `top_r_projector` with `project` /
+`project_back` (the top-r singular subspace, by SVD or a randomized range finder). They take
+``(..., m, n)`` arrays: leading axes are batch axes.
+
+For the aliases of matrix rules: `partition_matrices` and `fallback_optimizer` (the optimizer of
+the leaves without a matrix view), `matrix_leaves`, and `replicated` / `sharded_like` (state that
+is not shaped like a parameter is replicated on an explicit-sharding mesh).
 """
 
 from __future__ import annotations
@@ -54,6 +59,14 @@ __all__ = [
     "top_r_projector",
     "project",
     "project_back",
+    "POLAR_EXPRESS_COEFFICIENTS",
+    "polar_express_coefficients",
+    "inverse_sqrt_newton_schulz",
+    "fallback_optimizer",
+    "matrix_leaves",
+    "replicated",
+    "sharded_like",
+    "state_sharded_like",
 ]
 
 # Muon's quintic Newton-Schulz coefficients (Keller Jordan; optax's default): they maximize the
@@ -430,3 +443,229 @@ def project(g: jax.Array, p: jax.Array, *, right: bool | None = None) -> jax.Arr
 def project_back(r: jax.Array, p: jax.Array, *, right: bool) -> jax.Array:
   r"""Back to full size: :math:`R P` for a right projector, :math:`P R` else (`projects_right`)."""
   return r @ p if right else p @ r
+
+
+# ---------------------------------------------------------------------------------------------
+# The coupled Newton-Schulz inverse square root (ASGO's official inverse root).
+
+# PolarExpress's quintic coefficients (Amsel, Persson, Musco and Gower, arXiv:2505.16932), one
+# triple per step, as ASGO's official code lists them (optimizers/utils/matrix_decom.py); the
+# last triple is the converged iteration, used for every later step.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+
+
+def polar_express_coefficients(steps: int, safety: float = 1.01) -> tuple[tuple[float, ...], ...]:
+  r"""The ``(a, b, c)`` triples of `steps` PolarExpress iterations.
+
+  Every triple of `POLAR_EXPRESS_COEFFICIENTS` but the last is divided by
+  :math:`(s, s^3, s^5)`, ``s = safety`` (so that rounding cannot push a value past the
+  polynomial's stable range), as in ASGO's official code; past the table the last triple repeats.
+
+  Example:
+    >>> from jaxlearn.optim.matrix import polar_express_coefficients
+    >>> table = polar_express_coefficients(10)
+    >>> len(table), table[-1]
+    (10, (1.875, -1.25, 0.375))
+  """
+  _checks.check_positive_int("steps", steps)
+  _checks.check_range("safety", safety, 1.0, None)
+  scaled = [(a / safety, b / safety**3, c / safety**5)
+            for a, b, c in POLAR_EXPRESS_COEFFICIENTS[:-1]]
+  table = scaled + [POLAR_EXPRESS_COEFFICIENTS[-1]]
+  return tuple(table[:steps]) + (table[-1],) * max(0, steps - len(table))
+
+
+def inverse_sqrt_newton_schulz(
+    a: jax.Array,
+    *,
+    steps: int = 10,
+    coefficients: Sequence[float] | Sequence[Sequence[float]] | None = None,
+    eps: float = 0.0,
+    norm_factor: float = 1.01,
+) -> jax.Array:
+  r""":math:`A^{-1/2}` of a symmetric positive semi-definite `a`, by coupled Newton–Schulz.
+
+  .. math::
+
+     s = \rho\,\|A + \epsilon I\|_F, \qquad Y_0 = A / s, \qquad Z_0 = I, \\
+     B_k = b_k Z_k Y_k + c_k (Z_k Y_k)^2, \qquad Y_{k+1} = a_k Y_k + Y_k B_k, \qquad
+     Z_{k+1} = a_k Z_k + B_k Z_k,
+
+  and the result is :math:`Z_K / \sqrt{s}` (:math:`\rho` = `norm_factor`; `eps` enters the
+  normalization only, not the matrix, as in ASGO's official code). On an eigenvector with
+  eigenvalue :math:`\lambda` the iteration is the scalar polar iteration
+  :math:`x \leftarrow a x + b x^3 + c x^5` from :math:`x_0 = \sqrt{\lambda / s}`, and the result
+  is :math:`x_K / \sqrt{\lambda}`: exact where :math:`x_K = 1`. With PolarExpress's coefficients
+  (the default) 10 steps bring every :math:`x_0 \ge 10^{-3}` to 1, i.e. eigenvalues down to
+  about :math:`10^{-6} s`. Smaller eigenvalues are inverted too little; an exact null-space
+  direction is multiplied by :math:`\prod_k a_k / \sqrt{s}` (about :math:`2 \cdot 10^4 /
+  \sqrt{s}` for the default 10 steps): finite, but large. A slightly negative eigenvalue, which
+  rounding gives a rank-deficient input, grows by :math:`a_k^2` per step and can overflow to
+  :math:`\pm\infty` (ASGO's official code then uses the identity). A zero `a` with ``eps=0`` is
+  normalized by 1 instead of 0, so it gives :math:`\prod_k a_k I` (the official code: NaN).
+
+  Args:
+    a: ``(..., n, n)``, symmetric PSD; leading axes are batch axes.
+    steps: the number of iterations (static).
+    coefficients: ``(a, b, c)`` for every step, or one triple per step; None:
+      ``polar_express_coefficients(steps)``.
+    eps: added to the diagonal inside the normalizing norm only, >= 0.
+    norm_factor: :math:`\rho \ge 1`, keeps the normalized eigenvalues below 1.
+
+  Returns:
+    ``(..., n, n)`` in `a`'s dtype, computed in float32 or wider.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim.matrix import inverse_sqrt_newton_schulz
+    >>> print(inverse_sqrt_newton_schulz(jnp.diag(jnp.array([4.0, 0.25]))).round(4))
+    [[0.5 0. ]
+     [0.  2. ]]
+  """
+  _checks.check_positive_int("steps", steps)
+  _checks.check_non_negative("eps", eps)
+  _checks.check_range("norm_factor", norm_factor, 1.0, None)
+  if coefficients is None:
+    coefficients = polar_express_coefficients(steps)
+  table = jnp.asarray(coefficients, jnp.float32)
+  if table.ndim == 1:
+    table = jnp.broadcast_to(table, (steps, 3))
+  if table.shape != (steps, 3):
+    raise ValueError(f"coefficients must be one (a, b, c) triple or one per step ({steps}), "
+                     f"got shape {table.shape}")
+  if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+    raise ValueError(f"inverse_sqrt_newton_schulz needs a square (..., n, n) matrix, got shape "
+                     f"{a.shape}")
+  wide = _wide(a)
+  identity = jnp.eye(a.shape[-1], dtype=wide.dtype)
+  scale = norm_factor * jnp.linalg.norm(wide + eps * identity, axis=(-2, -1), keepdims=True)
+  scale = jnp.where(scale > 0, scale, 1.0)  # a zero matrix with eps = 0: no 0/0
+  table = table.astype(wide.dtype)
+
+  def step(k, carry):
+    y, z = carry
+    zy = z @ y
+    b = table[k, 1] * zy + table[k, 2] * zy @ zy
+    return table[k, 0] * y + y @ b, table[k, 0] * z + b @ z
+
+  z0 = jnp.broadcast_to(identity, wide.shape)
+  _, z = jax.lax.fori_loop(0, steps, step, (wide / scale, z0))
+  return (z / jnp.sqrt(scale)).astype(a.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fallback optimizer of a matrix rule's alias (for the leaves without a matrix view).
+
+Fallback = Any  # None, an optax GradientTransformation, or a callable learning_rate -> one
+
+
+def fallback_optimizer(
+    fallback: Fallback,
+    learning_rate: optax.ScalarOrSchedule,
+    default: Callable[[optax.ScalarOrSchedule], optax.GradientTransformation],
+) -> optax.GradientTransformation:
+  """The optimizer an alias gives the leaves without a matrix view (`partition_matrices`).
+
+  `fallback` None: `default(learning_rate)` (each rule's official choice); an optax
+  transformation: itself, with its own learning rate; a callable: `fallback(learning_rate)`, so
+  that it follows the alias's learning rate, also when `inject_hyperparams` injects it.
+
+  Example:
+    >>> import optax
+    >>> from jaxlearn.optim.matrix import fallback_optimizer
+    >>> tx = fallback_optimizer(lambda lr: optax.sgd(lr / 10), 0.1, optax.adam)
+    >>> isinstance(tx, optax.GradientTransformation)
+    True
+  """
+  if fallback is None:
+    return default(learning_rate)
+  if isinstance(fallback, optax.GradientTransformation):
+    return fallback
+  if callable(fallback):
+    return fallback(learning_rate)
+  raise ValueError("fallback must be None, an optax GradientTransformation or a callable "
+                   f"learning_rate -> GradientTransformation, got {fallback!r}")
+
+
+def matrix_leaves(tree: Any, dimension_numbers: DimensionNumbers = None,
+                  name: str = "dimension_numbers"):
+  """`(leaves, specs, treedef)` of a tree in which every leaf must have a matrix view.
+
+  For a matrix rule's `scale_by_*` transform, which sees only the matrix leaves of an alias's
+  `partition_matrices` (masked leaves are skipped, `treedef.unflatten` restores them).
+
+  Raises:
+    ValueError: naming `name` and the leaf, for a leaf without a matrix view (or a bad spec).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.optim.matrix import matrix_leaves
+    >>> leaves, specs, treedef = matrix_leaves({"w": jnp.ones((2, 3))})
+    >>> specs
+    [MuonDimensionNumbers(reduction_axis=(0,), output_axis=(1,))]
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  specs = leaf_dimension_numbers(tree, dimension_numbers)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+  for spec, leaf, path in zip(specs, leaves, paths, strict=True):
+    if spec is None:
+      raise ValueError(
+          f"{name}: leaf {path or 'the root'} (shape {tuple(jnp.shape(leaf))}) has no matrix "
+          "view; use the rule's alias, which sends it to its fallback, or partition_matrices")
+  return leaves, specs, treedef
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding-in-types: matrix functions contract over the axes a parameter may be sharded on.
+
+
+def replicated(x: jax.Array) -> jax.Array:
+  """`x` with no sharded axis: a no-op unless an explicit mesh (sharding in types) shards it.
+
+  Under an explicit mesh, a product over a sharded axis needs its output sharding spelled out,
+  and a reshape may not split a sharded axis; a matrix rule therefore computes on a replicated
+  copy (`to_matrices(replicated(g), spec)`) and returns its update with `sharded_like`. Its
+  state that is not shaped like a parameter (a preconditioner) is replicated anyway.
+  """
+  sharding = jax.typeof(x).sharding
+  spec = getattr(sharding, "spec", None)
+  if spec is None or all(axis is None for axis in spec):
+    return x
+  return jax.sharding.reshard(x, sharding.update(spec=jax.P()))
+
+
+def sharded_like(x: jax.Array, reference: jax.Array) -> jax.Array:
+  """`x` resharded like `reference` (the inverse of `replicated`; a no-op without a mesh)."""
+  target = jax.typeof(reference).sharding
+  spec = getattr(target, "spec", None)
+  if spec is None or all(axis is None for axis in spec):
+    return x
+  return jax.sharding.reshard(x, target)
+
+
+
+def state_sharded_like(x: jax.Array, param: jax.Array) -> jax.Array:
+  """A state leaf `x` of a parameter, sharded by the convention of `jaxlearn.train.parallel`.
+
+  A leaf whose shape ends with the parameter's shape (a low-rank moment at full rank, with a
+  leading batch axis) is sharded like it, extra leading axes replicated; any other leaf is
+  replicated. A no-op unless an explicit mesh shards the parameter.
+  """
+  target = jax.typeof(param).sharding
+  spec = getattr(target, "spec", None)
+  if spec is None or all(axis is None for axis in spec):
+    return x
+  extra = x.ndim - param.ndim
+  if extra >= 0 and x.shape[extra:] == param.shape:
+    padded = tuple(spec) + (None,) * (param.ndim - len(spec))
+    return jax.sharding.reshard(x, target.update(spec=jax.P(*(None,) * extra, *padded)))
+  return jax.sharding.reshard(x, target.update(spec=jax.P()))

@@ -25,6 +25,7 @@ class Entry(NamedTuple):
   label: str
   make: Callable[..., optax.GradientTransformation]  # make(learning_rate=...)
   learning_rates: Sequence[float]
+  update_extras: Sequence[str] = ()  # extra update() arguments (the registry record's)
 
 
 def required_arguments(factory: Callable, num_iterations: int) -> dict[str, int]:
@@ -52,6 +53,7 @@ def compare_optimizers(
         loss_fn, init_params, entry.make, data, steps=steps, eval_every=eval_every,
         batch_size=batch_size, configs=grid(learning_rate=list(entry.learning_rates)),
         seeds=list(seeds), eval_fn=eval_fn, desc=entry.label,
+        update_extras=tuple(entry.update_extras),
     )
     row, curves[entry.label] = summarize(entry, result)
     rows.append(row)

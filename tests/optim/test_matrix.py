@@ -182,3 +182,61 @@ def test_randomized_projector_recovers_an_exactly_low_rank_matrix():
 def test_projector_rejects_bad_options_by_name(kwargs, match):
   with pytest.raises(ValueError, match=match):
     matrix.top_r_projector(jnp.ones((3, 5)), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The coupled Newton-Schulz inverse square root and the fallback optimizer.
+
+
+def test_polar_express_table_is_the_official_one_with_the_safety_factor():
+  table = matrix.polar_express_coefficients(10)
+  a, b, c = matrix.POLAR_EXPRESS_COEFFICIENTS[0]
+  np.testing.assert_allclose(table[0], (a / 1.01, b / 1.01**3, c / 1.01**5))
+  assert table[7:] == ((1.875, -1.25, 0.375),) * 3  # the converged triple repeats, unscaled
+  assert len(matrix.polar_express_coefficients(3)) == 3
+
+
+def test_inverse_sqrt_matches_the_eigendecomposition_within_the_iterations_range():
+  """Exact to float32 rounding when every eigenvalue is above ~1e-6 of the norm (10 steps)."""
+  a = np.random.default_rng(6).normal(size=(2, 6, 6)).astype(np.float32)
+  spd = a @ np.swapaxes(a, -1, -2) + 1e-3 * np.eye(6, dtype=np.float32)  # a batch of two
+  values, vectors = np.linalg.eigh(spd.astype(np.float64))
+  assert values.min() / np.linalg.norm(spd[0]) > 1e-6
+  expected = vectors @ (values[..., None] ** -0.5 * np.swapaxes(vectors, -1, -2))
+  got = matrix.inverse_sqrt_newton_schulz(jnp.asarray(spd))
+  np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+  # Fewer steps leave small eigenvalues under-inverted: x_K < 1 on them, so the root is smaller.
+  five = np.asarray(matrix.inverse_sqrt_newton_schulz(jnp.asarray(spd), steps=5))
+  assert np.abs(five - expected).max() > 1e-2 * np.abs(expected).max()
+
+
+def test_inverse_sqrt_of_an_exactly_singular_input_grows_its_null_space_by_prod_a():
+  batch = jnp.asarray([np.diag([4.0, 0.0, 0.0]), np.zeros((3, 3))], jnp.bfloat16)  # eps = 0
+  roots = np.asarray(matrix.inverse_sqrt_newton_schulz(batch), np.float32)
+  assert np.all(np.isfinite(roots))
+  growth = np.prod([a for a, _, _ in matrix.polar_express_coefficients(10)])
+  np.testing.assert_allclose(roots[1], growth * np.eye(3), rtol=1e-2)  # zero: normalized by 1
+  np.testing.assert_allclose(np.diag(roots[0]), [0.5, growth / 2.0, growth / 2.0], rtol=1e-2)
+  with pytest.raises(ValueError, match="square"):
+    matrix.inverse_sqrt_newton_schulz(jnp.ones((2, 3)))
+  with pytest.raises(ValueError, match="steps"):
+    matrix.inverse_sqrt_newton_schulz(jnp.eye(2), steps=0)
+
+
+def test_fallback_optimizer_takes_a_transformation_or_a_function_of_the_learning_rate():
+  grads = jnp.ones(2)
+  first_step = lambda tx: tx.update(grads, tx.init(grads))[0]
+  np.testing.assert_allclose(first_step(matrix.fallback_optimizer(optax.sgd, 0.5, optax.adam)),
+                             -0.5)  # follows the alias's learning rate
+  np.testing.assert_allclose(
+      first_step(matrix.fallback_optimizer(optax.sgd(0.1), 0.5, optax.adam)), -0.1)  # its own
+  np.testing.assert_allclose(first_step(matrix.fallback_optimizer(None, 0.5, optax.sgd)), -0.5)
+  with pytest.raises(ValueError, match="fallback"):
+    matrix.fallback_optimizer("adam", 0.5, optax.sgd)
+
+
+def test_replicated_and_sharded_like_are_no_ops_without_a_mesh():
+  """Under an explicit mesh they reshard (tests/scale runs every matrix rule there)."""
+  x = jnp.ones((2, 3))
+  assert matrix.replicated(x) is x
+  assert matrix.sharded_like(x, jnp.zeros((2, 3))) is x
