@@ -64,6 +64,10 @@ class Layer:
     wrong_rank_shape: an input shape whose rank the layer must reject.
     kwargs: keyword arguments both classes take.
     batch_stats: whether the layer keeps running statistics (`nnx.BatchStat` / `batch_stats`).
+    stochastic: the rng stream a layer samples noise from in training (NNX `rngs.<stream>()`,
+      Linen `make_rng(<stream>)`), or None. The two derive different keys from one seed, so the
+      battery calls both with the same raw key (NNX `rngs=key`, Linen `rng=key` and
+      `deterministic`), like flax's Dropout layers; train and eval modes then differ.
   """
 
   name: str
@@ -76,6 +80,16 @@ class Layer:
   wrong_rank_shape: tuple[int, ...]
   kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   batch_stats: bool = False
+  stochastic: str | None = None
+  # Parameters the output does not reach by design (trained by a separate loss term only).
+  no_output_gradient: tuple[str, ...] = ()
+
+  def call_kwargs(self, train: bool = True, linen: bool = False) -> dict[str, Any]:
+    """The noise key (and Linen mode) of a stochastic layer's call; {} for the others."""
+    if not self.stochastic:
+      return {}
+    key = jax.random.key(0, impl="rbg")  # threefry's hash alone compiles for ~1 s a program
+    return {"rng": key, "deterministic": not train} if linen else {"rngs": key}
 
   def build_nnx(self, **overrides) -> nnx.Module:
     return self.nnx(*self.nnx_args, **self.kwargs, **overrides, rngs=nnx.Rngs(0))
@@ -109,6 +123,74 @@ LAYERS = [
         "LoRA_gated", "allora", nnx=jnn.LoRA, nnx_args=(6, 5, 3), linen=jnn_linen.LoRA,
         linen_args=(6, 5, 3), input_shape=(4, 6), wrong_rank_shape=(),
         kwargs={"gated": True, "scaling": 0.5},
+    ),
+    Layer(
+        "MuReadout", "mup_feature_learning", nnx=jnn.MuReadout, nnx_args=(6, 5),
+        linen=jnn_linen.MuReadout, linen_args=(6, 5), input_shape=(4, 6), wrong_rank_shape=(),
+        kwargs={"base_in_features": 3, "output_mult": 2.0},
+    ),
+    Layer(
+        "ZCABatchNorm", "fast_differentiable_matsqrt", nnx=jnn.ZCABatchNorm, nnx_args=(8,),
+        linen=jnn_linen.ZCABatchNorm, linen_args=(), input_shape=(4, 3, 3, 8),
+        wrong_rank_shape=(8,), kwargs={"num_groups": 2, "momentum": 0.8}, batch_stats=True,
+    ),
+    Layer(
+        "NMSparseLinear", "progressive_gradient_flow_nm", nnx=jnn.NMSparseLinear,
+        nnx_args=(8, 5), linen=jnn_linen.NMSparseDense, linen_args=(5,), input_shape=(4, 8),
+        wrong_rank_shape=(), kwargs={"n": 1, "m": 4, "sr_ste": 2e-4},
+    ),
+    Layer(
+        "MaskLLMLinear", "maskllm", nnx=jnn.MaskLLMLinear, nnx_args=(8, 5),
+        linen=jnn_linen.MaskLLMDense, linen_args=(5,), input_shape=(4, 8), wrong_rank_shape=(),
+        kwargs={"temperature": (1.0, 1.0), "scale_multiplier": (1.0, 1.0)}, stochastic="gumbel",
+    ),
+    Layer(
+        "AutoSparseLinear", "autosparse_gradient_annealing", nnx=jnn.AutoSparseLinear,
+        nnx_args=(6, 5), linen=jnn_linen.AutoSparseDense, linen_args=(5,), input_shape=(4, 6),
+        wrong_rank_shape=(),
+    ),
+    Layer(
+        "BTTLinear_normalized", "btt_structured_layers", nnx=jnn.BTTLinear, nnx_args=(6, 4),
+        linen=jnn_linen.BTTDense, linen_args=(6, 4), input_shape=(4, 6), wrong_rank_shape=(),
+        kwargs={"rank": 2, "normalize": True},
+    ),
+    Layer(
+        "MonarchLinear", "btt_structured_layers", nnx=jnn.MonarchLinear, nnx_args=(6, 5),
+        linen=jnn_linen.MonarchDense, linen_args=(6, 5), input_shape=(4, 6), wrong_rank_shape=(),
+        kwargs={"num_blocks": 2},
+    ),
+    # ScaleLong's gates act on tokens: channels-first skips (num_skips, batch, C, L) put the
+    # token axis last, where the battery changes the feature count.
+    Layer(
+        "LongSkipScale_ls", "scalelong", nnx=jnn.LongSkipScale, nnx_args=(2, 8),
+        linen=jnn_linen.LongSkipScale, linen_args=(2, 8), input_shape=(2, 2, 3, 8),
+        wrong_rank_shape=(8,), kwargs={"mode": "ls", "reduction": 4, "channels_last": False},
+    ),
+    Layer(
+        "LongSkipScale_ls_per_skip", "scalelong", nnx=jnn.LongSkipScale, nnx_args=(2, 8),
+        linen=jnn_linen.LongSkipScale, linen_args=(2, 8), input_shape=(2, 2, 3, 8),
+        wrong_rank_shape=(3, 8),
+        kwargs={"mode": "ls_per_skip", "reduction": 4, "channels_last": False},
+    ),
+    Layer(
+        "SNNKLinear", "scalable_nn_kernels", nnx=jnn.SNNKLinear, nnx_args=(6, 5),
+        linen=jnn_linen.SNNKDense, linen_args=(6, 5), input_shape=(4, 6), wrong_rank_shape=(),
+        kwargs={"num_features": 8},
+    ),
+    Layer(
+        "SLTrainLinear", "sltrain", nnx=jnn.SLTrainLinear, nnx_args=(6, 5),
+        linen=jnn_linen.SLTrainDense, linen_args=(6, 5), input_shape=(4, 6), wrong_rank_shape=(),
+        kwargs={"rank": 2, "density": 0.3, "alpha": 4.0},
+    ),
+    Layer(
+        "MaestroLinear", "maestro_lod", nnx=jnn.MaestroLinear, nnx_args=(6, 5),
+        linen=jnn_linen.MaestroDense, linen_args=(6, 5), input_shape=(4, 6), wrong_rank_shape=(),
+        stochastic="ordered_dropout",
+    ),
+    Layer(
+        "LatentQuantizer", "latent_quantization_qlae", nnx=jnn.LatentQuantizer, nnx_args=(6,),
+        linen=jnn_linen.LatentQuantizer, linen_args=(6,), input_shape=(4, 6), wrong_rank_shape=(),
+        kwargs={"num_values": 5}, no_output_gradient=("values",),
     ),
     # Add new layers above this line
 ]
@@ -197,7 +279,8 @@ class Programs:
         self.modes[graphdef] = f"{'train' if train else 'eval'}/{dtype}"
     self._nnx = jax.jit(self._nnx_step, static_argnums=0)
     self._linen = jax.jit(self._linen_step, static_argnums=(0, 1))
-    self.nnx_jit_call = nnx.jit(self._count(lambda m, x: m(x), "nnx.jit"))
+    self.nnx_jit_call = nnx.jit(
+        self._count(lambda m, x: m(x, **layer.call_kwargs()), "nnx.jit"))
     if layer.batch_stats:
       synced = nnx.eval_shape(lambda: layer.build_nnx(axis_name="batch"))
       synced.train()
@@ -211,7 +294,8 @@ class Programs:
 
   def linen(self, variables, x, *, train: bool = True, dtype: str = "float32"):
     """(y, variables after the call) of the Linen layer."""
-    return self._linen(dtype, train or not self.layer.batch_stats, variables, x)
+    return self._linen(
+        dtype, train or not (self.layer.batch_stats or self.layer.stochastic), variables, x)
 
   def _count(self, fn, name):
     @functools.wraps(fn)
@@ -232,7 +316,7 @@ class Programs:
     def forward(params, x):
       # Fresh Variables in this trace: merge shares them, and the layer may update statistics.
       model = nnx.merge(graphdef, *jax.tree.map(lambda a: a, (params, others)))
-      y = model(x)
+      y = model(x, **self.layer.call_kwargs())
       return jnp.sum(y.astype(jnp.float32) * _probe(y.shape)), (y, nnx.state(model))
 
     if graphdef != self.graphdefs[True, "float32"]:
@@ -242,7 +326,7 @@ class Programs:
 
   def _linen_apply(self, module, train: bool, variables, x):
     if not self.layer.batch_stats:
-      return module.apply(variables, x), variables
+      return module.apply(variables, x, **self.layer.call_kwargs(train, linen=True)), variables
     y, updates = module.apply(
         variables, x, use_running_average=not train, mutable=["batch_stats"]
     )
@@ -314,7 +398,8 @@ def test_nnx_and_linen_agree_under_jit_without_recompiling(layer):
   # The compiled NNX steps against eager NNX (the one eager call), and nnx.jit on the module.
   eager = p.model()
   for step in (0, 1):
-    np.testing.assert_allclose(ys[step], eager(inputs(layer, seed=step)), rtol=1e-5, atol=1e-6)
+    y_eager = eager(inputs(layer, seed=step), **layer.call_kwargs())
+    np.testing.assert_allclose(ys[step], y_eager, rtol=1e-5, atol=1e-6)
   assert_trees_close(states[1], nnx.state(eager), rtol=1e-5, atol=1e-6)
   model = p.model()
   np.testing.assert_allclose(p.nnx_jit_call(model, inputs(layer)), ys[0], rtol=1e-5, atol=1e-6)
@@ -325,6 +410,9 @@ def test_nnx_and_linen_agree_under_jit_without_recompiling(layer):
 def test_gradients_reach_every_parameter_and_the_input(layer):
   grad_params, grad_x = programs(layer).nnx(programs(layer).state, inputs(layer))[2]
   for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grad_params)):
+    if jax.tree_util.keystr(path, simple=True, separator="/") in layer.no_output_gradient:
+      np.testing.assert_array_equal(leaf, 0)  # and nothing reaches it, as designed
+      continue
     leaf = np.asarray(leaf)
     assert np.all(np.isfinite(leaf)) and np.any(leaf != 0), f"no gradient reaches {path}"
   grad_x = np.asarray(grad_x)
@@ -337,7 +425,11 @@ def test_train_and_eval_modes(layer):
   x = inputs(layer)
   if not layer.batch_stats:
     assert not jax.tree.leaves(nnx.filter_state(p.state, nnx.BatchStat))
-    np.testing.assert_array_equal(p.nnx(p.state, x)[0], p.nnx(p.state, x, train=False)[0])
+    y_train, y_eval = p.nnx(p.state, x)[0], p.nnx(p.state, x, train=False)[0]
+    if layer.stochastic:  # training samples noise, evaluation does not
+      assert not np.allclose(y_train, y_eval)
+    else:
+      np.testing.assert_array_equal(y_train, y_eval)
     return
   _, trained, _ = p.nnx(p.state, x)
   for before, after in zip(jax.tree.leaves(batch_stats_of(p.state)),
