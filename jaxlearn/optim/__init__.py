@@ -5,6 +5,7 @@ One line per method module: `from jaxlearn.optim.<module> import <public names>`
 
 from jaxlearn.optim._common import compute_in_float32, decayed_weights, inject_hyperparams, soft_threshold, soft_threshold_leaf
 from jaxlearn.optim.extra_args import EXTRA_ARG_NAMES, extra_update_args, margins_from_losses
+from jaxlearn.optim.per_leaf_scale import scale_by_per_leaf
 from jaxlearn.optim.adamp import ScaleByAdamPState, ScaleBySGDPState, adamp, project_scale_invariant, scale_by_adamp, scale_by_sgdp, sgdp
 from jaxlearn.optim.lion import lion, scale_by_lion
 from jaxlearn.optim.gradient_noise import add_gradient_noise
@@ -27,6 +28,16 @@ from jaxlearn.optim.orthograd import orthogonalize_gradients, orthogonalize_leaf
 from jaxlearn.optim.anchor import DecayToAnchorState, anchor_penalty, decay_to_anchor, fisher_diagonal, set_anchor
 from jaxlearn.optim.hft import HalfFineTuningState, half_fine_tuning
 from jaxlearn.optim.sora import sora, sora_gate_penalty
+from jaxlearn.optim.xgrad import XGradState, predicted_params, xgrad, xgrad_adam, xgrad_adamw, xgrad_sgd, xgrad_step
+from jaxlearn.optim.trp import TrainedRankPruningState, default_trp_targets, low_rank_approximation, trained_rank_pruning
+from jaxlearn.optim.mask_sparsity import mask_sparsity
+from jaxlearn.optim.induced_metric import ScaleByInducedMetricState, induced_metric, scale_by_induced_metric
+from jaxlearn.optim.smb import ScaleBySMBState, scale_by_smb, smb
+from jaxlearn.optim.psgd import ScaleByPSGDState, apply_psgd_preconditioner, psgd, scale_by_psgd
+from jaxlearn.optim.asgo import ScaleByASGOState, asgo, dasgo, scale_by_asgo, scale_by_dasgo
+from jaxlearn.optim.adago import ScaleByAdaGOState, adago, scale_by_adago
+from jaxlearn.optim.fira import ScaleByFiraState, fira, scale_by_fira
+from jaxlearn.optim.lmo_momentum import ScaleByLMOMomentumState, lmo_momentum, scale_by_lmo_momentum
 
 __all__ = [
     "decayed_weights",
@@ -34,6 +45,7 @@ __all__ = [
     "EXTRA_ARG_NAMES",
     "extra_update_args",
     "margins_from_losses",
+    "scale_by_per_leaf",
     "adamp",
     "ScaleByAdamPState",
     "ScaleBySGDPState",
@@ -104,4 +116,40 @@ __all__ = [
     "sora_gate_penalty",
     "soft_threshold",
     "soft_threshold_leaf",
+    "xgrad",
+    "xgrad_sgd",
+    "xgrad_adam",
+    "xgrad_adamw",
+    "predicted_params",
+    "xgrad_step",
+    "XGradState",
+    "trained_rank_pruning",
+    "low_rank_approximation",
+    "default_trp_targets",
+    "TrainedRankPruningState",
+    "mask_sparsity",
+    "induced_metric",
+    "scale_by_induced_metric",
+    "ScaleByInducedMetricState",
+    "smb",
+    "scale_by_smb",
+    "ScaleBySMBState",
+    "psgd",
+    "scale_by_psgd",
+    "ScaleByPSGDState",
+    "apply_psgd_preconditioner",
+    "asgo",
+    "scale_by_asgo",
+    "ScaleByASGOState",
+    "dasgo",
+    "scale_by_dasgo",
+    "adago",
+    "scale_by_adago",
+    "ScaleByAdaGOState",
+    "fira",
+    "scale_by_fira",
+    "ScaleByFiraState",
+    "lmo_momentum",
+    "scale_by_lmo_momentum",
+    "ScaleByLMOMomentumState",
 ]
