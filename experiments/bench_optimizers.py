@@ -1,175 +1,646 @@
-"""Benchmark: jitted step time and state size of every registered optimizer, side by side.
+"""Benchmark: every registered optimizer's step against optax, PyTorch and the bandwidth floor.
 
-For each registered optimizer alias (registry kind "optimizer", symbols that take a learning
-rate) this times one jitted update-and-apply step on a ~10M-parameter pytree (matrices, a conv
-kernel, vectors), next to `optax.adamw` and, where the registry names one, the pytorch-optimizer
-implementation of the same algorithm on tensors of the same shapes. All timings come from the
-same run on the same machine; the printed ratios are ours / theirs (below 1 means we are faster).
-Optimizer-state bytes are reported too. --quick times two optimizers on a ~100k-parameter tree.
+An optimizer step over elementwise state is memory-bound: its floor is the bytes it must move
+(read params, gradients and each state buffer once, write params and each state buffer once)
+divided by the memory bandwidth. For every registered optimizer alias (registry kind
+"optimizer", built from the alias with a learning rate; a record's `update_extras`, which come
+from a loss and a batch, make it skipped with the reason, as does any error while building it),
+on a ~10M-parameter tree of realistic leaves (Dense kernels 1024x4096, 4096x1024, 1024x1024,
+HWIO conv kernels, biases and a norm scale), this measures, side by side in one run:
+
+- the jitted update-and-apply step, params and state donated (as a training loop runs it);
+- `optax.adamw`, and the optax alias of the same algorithm where the registry lists one;
+- the pytorch-optimizer class the record names (`pytorch_optimizer`), with and without
+  `foreach` (the faster is reported), on tensors of the same sizes in PyTorch's layout;
+- torch's fused AdamW;
+- the bandwidth floor of each optimizer: a jitted step on ITS OWN donated buffers that reads
+  params, gradients and every state buffer once and writes params and every state buffer once
+  (`p + 0 g`, `s * 1`: the values do not change), i.e. exactly the ideal byte count.
+
+Every side runs once per round, rounds interleaved (the order rotates), so a change in the
+machine's load hits every side alike; PyTorch gets as many threads as XLA uses. The report
+gives min and median ms per step and, per optimizer, the median of the per-round (paired)
+ratios. XLA's own count of the bytes the compiled step accesses (cost analysis; deterministic)
+is compared with the ideal, and the kernels over the largest leaf are listed as the HLO evidence
+of where extra bytes go (`tests/optim/test_step_cost.py` guards the ratios in CI). Time beyond
+the bytes has two usual causes on XLA:CPU, also reported: transcendental functions (Ranger21's
+softplus: exp and log1p per element), and full-size temporary buffers, which XLA:CPU allocates
+afresh at every execution: above glibc's mmap threshold (32 MB at most) they come back as new
+pages, one page fault per 4 kB per step (`temp_bytes_per_param`, `page_faults_per_step`). Last, a
+leaf-count sweep compiles each step on trees of 10 to 1,000 leaves ((32, 32) kernels and
+biases) and reports compile seconds (process CPU time, so other processes' load counts less)
+against optax.adamw's and how they grow.
+
+--quick is a smoke run of the machinery: two optimizers with PyTorch counterparts on a ~40k
+parameter tree, three rounds, a 10-leaf sweep.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import resource
 import statistics
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxlearn import registry
-from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.train import experiment_main, new_figure, save_result
 from jaxlearn.train.compare import required_arguments
 
 LEARNING_RATE = 1e-3
+NUM_ITERATIONS = 10_000  # for aliases that need a run length (Ranger21's schedule)
+BASELINE = "optax.adamw"
+LEAF_COUNTS = (10, 100, 300, 1000)
+SWEEP_LIMIT_S = 120.0  # a compile predicted to take longer is skipped (and reported)
+SLOW_STEP_S = 2.0  # a side slower than this per step is timed in fewer rounds
+# --quick compiles with XLA:CPU's fast-compile options (LLVM -O0, classic emitters, one codegen
+# thread; as the optimizer battery): several times faster, and the same HLO, so the same bytes.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                "xla_cpu_parallel_codegen_split_count": 1}
+
+# Where an optimizer's step cannot come within 1.5x of its ideal bytes on XLA:CPU: the passes it
+# needs beyond one per buffer (XLA:CPU has no multi-output fusion, so each output is its own
+# kernel re-reading its inputs, and each reduction is its own pass). The numbers are bytes per
+# float32 parameter; the kernels listed in each row are the evidence.
+EXTRA_PASSES = {
+    BASELINE: "one kernel per output: m (12) + v (12) + params reading p, m, v (16) = 40",
+    "jaxlearn.optim.adamp": (
+        "Adam's 40, plus the per-channel sums of the scale-invariance test and the projection: "
+        "g.w (8), |g|^2 (4), |w|^2 (4), w.d (8); the direction d is written once for w.d and "
+        "the update (+8), a temporary buffer (4 B/param, page-faulted at every step)"),
+    "jaxlearn.optim.sgdp": (
+        "buffer (12) + params (12) + the per-channel sums g.w (8), |g|^2 (4), |w|^2 (4), "
+        "w.b (8)"),
+    "jaxlearn.optim.adapnm": (
+        "five outputs, one kernel each: two momenta, v, max v (12 each) and params reading p "
+        "and three state buffers (20) = 68"),
+    "jaxlearn.optim.adams": (
+        "Adam's 40 plus the mean of v over all parameters (4), which every update needs before "
+        "any parameter can be written"),
+    "jaxlearn.optim.grams": (
+        "Adam's 40, and the update reads the gradient too, for its sign (+4)"),
+    "jaxlearn.optim.ranger21": (
+        "AdaPNM's 68 plus its parts' reductions: AGC's unit norms of g and w, the centralizing "
+        "mean, the normalizing mean and variance, the stable-decay mean, each a pass, with "
+        "the clipped and the centralized gradient written once for them; Lookahead's update "
+        "is written for its conditional (a temporary buffer, page-faulted at every step; XLA's "
+        "count includes the synchronising branch, which runs one step in five). Its time is "
+        "mostly compute: the softplus denominator's exp and log1p per element"),
+}
 
 
 def parameter_shapes(quick: bool) -> dict[str, tuple[int, ...]]:
-  """Flax-layout shapes: Dense (in, out), Conv HWIO, and vectors; ~10M parameters (~100k quick)."""
+  """Flax-layout shapes: Dense (in, out), Conv HWIO, vectors; 9.9M parameters (39k quick)."""
   w = 64 if quick else 1024
+  c = w // 8
   return {
-      "embed": (w, w), "dense_in": (w, 2 * w), "dense_mid": (2 * w, 2 * w),
-      "dense_out": (2 * w, w), "conv": (3, 3, w // 4, w // 4), "bias_mid": (2 * w,),
-      "bias_out": (w,), "norm_scale": (2 * w,),
+      "mlp_in": (w, 4 * w), "mlp_out": (4 * w, w), "attention": (w, w),
+      "conv_1": (3, 3, c, c), "conv_2": (3, 3, c, 2 * c),
+      "mlp_in_bias": (4 * w,), "mlp_out_bias": (w,), "attention_bias": (w,),
+      "conv_1_bias": (c,), "conv_2_bias": (2 * c,), "norm_scale": (w,),
   }
 
 
-def _median_seconds(step, repeats: int) -> float:
-  for _ in range(3):  # warm-up (compilation, allocator)
-    step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+def to_torch_layout(x: np.ndarray) -> np.ndarray:
+  """A new contiguous copy of a Flax-layout array in PyTorch's: Linear (out, in), Conv OIHW."""
+  axes = {2: (1, 0), 4: (3, 2, 0, 1)}.get(x.ndim, tuple(range(x.ndim)))
+  return np.ascontiguousarray(np.transpose(x, axes)).copy()
 
 
-def random_tree(shapes) -> tuple[dict, dict]:
-  """Parameters and gradients of these shapes (fixed keys: every optimizer gets the same)."""
-  keys = jax.random.split(jax.random.PRNGKey(0), 2 * len(shapes))
-  params = {n: jax.random.normal(k, s) for (n, s), k in zip(shapes.items(), keys)}
-  grads = {n: 1e-2 * jax.random.normal(k, s) for (n, s), k in zip(shapes.items(), keys[len(shapes):])}
+def random_tree(shapes, seed: int = 0) -> tuple[dict, dict]:
+  """Parameters and gradients as NumPy float32 (fixed seed: every side gets the same)."""
+  rng = np.random.default_rng(seed)
+  params = {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()}
+  grads = {n: (1e-2 * rng.normal(size=s)).astype(np.float32) for n, s in shapes.items()}
   return params, grads
 
 
-def time_jax(optimizer: optax.GradientTransformation, tree, repeats: int) -> tuple[float, int]:
-  """Median seconds of one jitted update+apply step on `tree` = (params, grads), and the
-  optimizer state's bytes."""
-  params, grads = tree
-  state = optimizer.init(params)
-  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+def leaf_tree(num_leaves: int) -> dict:
+  """`num_leaves` leaves: (32, 32) kernels and (32,) biases, as abstract arrays."""
+  spec = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  return {f"layer_{i:04d}": {"kernel": spec((32, 32)), "bias": spec((32,))}
+          for i in range(num_leaves // 2)}
 
-  @jax.jit
+
+# ---------------------------------------------------------------------------------------------
+# Building the optimizers from the registry.
+
+
+def build_rows(quick: bool) -> tuple[list[dict], dict[str, str]]:
+  """[{symbol, make, method}] for optax.adamw, then every registered alias that builds; and
+  {symbol: why not} for the others."""
+  rows, skipped = [{"symbol": BASELINE, "make": lambda: optax.adamw(LEARNING_RATE),
+                    "method": None}], {}
+  aliases = registry.optimizer_aliases()
+  if quick:  # a smoke run: two optimizers with PyTorch counterparts
+    aliases = [(m, s) for m, s in aliases if s in m.pytorch_optimizer][:2]
+  for method, symbol in aliases:
+    if method.update_extras:
+      skipped[symbol] = (f"its update needs {', '.join(method.update_extras)}, built from a "
+                         "loss and a batch; this benchmark steps on fixed synthetic gradients")
+      continue
+    factory = registry.resolve(symbol)
+    make = (lambda f: lambda: f(LEARNING_RATE, **required_arguments(f, NUM_ITERATIONS)))(factory)
+    try:
+      jax.eval_shape(make().init, {"w": jax.ShapeDtypeStruct((4, 3), jnp.float32)})
+    except Exception as error:  # pylint: disable=broad-except  # reported, not fatal
+      skipped[symbol] = f"cannot build with a learning rate alone: {error}".splitlines()[0]
+      continue
+    rows.append({"symbol": symbol, "make": make, "method": method})
+  return rows, skipped
+
+
+def optax_counterpart(row: dict, symbols: set[str]) -> str | None:
+  """The optax alias registered with the same method, for a jaxlearn alias (e.g. optax.lion)."""
+  method = row["method"]
+  if method is None or row["symbol"].startswith("optax."):
+    return None
+  candidates = [s for s in method.symbols if s.startswith("optax.") and s in symbols]
+  return candidates[0] if candidates else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The sides: a JAX step (and its bandwidth floor), a PyTorch optimizer.
+
+
+def _step_fn(optimizer: optax.GradientTransformation) -> Callable:
   def step(params, state, grads):
     updates, state = optimizer.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  box = [params, state]
-
-  def run_once():
-    box[0], box[1] = step(box[0], box[1], grads)
-    jax.block_until_ready(box[0])
-
-  return _median_seconds(run_once, repeats), state_bytes
+  return step
 
 
-def time_torch(class_name: str, shapes, repeats: int) -> float | None:
-  """Median seconds of one pytorch-optimizer step on tensors of the same shapes (None if absent)."""
+def _floor_fn(params, state, grads, zero, one):
+  """Reads params, grads and every state buffer once, writes params and every state buffer
+  once: the ideal byte count of a step, with unchanged values."""
+  scale = lambda x: x * one.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+  new_params = jax.tree.map(lambda p, g: p + zero * g, params, grads)
+  return new_params, jax.tree.map(scale, state)
+
+
+def cost(compiled) -> dict[str, float]:
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return {"bytes": float(analysis.get("bytes accessed", math.nan)),
+          "flops": float(analysis.get("flops", math.nan))}
+
+
+_DTYPE_BYTES = {"f64": 8, "f32": 4, "s32": 4, "u32": 4, "f16": 2, "bf16": 2, "s8": 1, "u8": 1,
+                "pred": 1, "s64": 8, "u64": 8}
+
+
+def _shape_bytes(shape: str) -> int:
+  match = re.match(r"(\w+)\[([\d,]*)\]", shape)
+  if not match:
+    return 0
+  return math.prod(int(d) for d in match.group(2).split(",") if d) * _DTYPE_BYTES.get(
+      match.group(1), 4)
+
+
+def leaf_kernels(hlo_text: str, shape: tuple[int, ...]) -> dict[str, Any]:
+  """The compiled step's kernels that read or write the float32 leaf of `shape`, with the
+  bytes each accesses per element of that leaf (output plus distinct operands, as XLA's cost
+  analysis counts): the passes one parameter costs, and what each computes."""
+  leaf = "f32[" + ",".join(map(str, shape)) + "]"
+  size = math.prod(shape)
+  entry = hlo_text[hlo_text.index("\nENTRY"):].splitlines()[1:]
+  shapes, kernels = {}, []
+  for line in entry:
+    match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*)", line)
+    if not match:
+      continue
+    name, out_shape, opcode, rest = match.groups()
+    shapes[name] = out_shape.split("{")[0]
+    if opcode in ("parameter", "tuple", "get-tuple-element", "constant", "bitcast"):
+      continue
+    operands = list(dict.fromkeys(re.findall(r"%([\w.\-]+)", rest.split("), ")[0])))
+    if leaf not in [shapes[name]] + [shapes.get(o) for o in operands]:
+      continue
+    kind = re.search(r'"kind":"(\w+)"|kind=(\w+)', rest)
+    op_name = re.search(r'op_name="([^"]+)"', rest)
+    accessed = _shape_bytes(shapes[name]) + sum(_shape_bytes(shapes.get(o, "")) for o in operands)
+    kernels.append({
+        "bytes_per_param": round(accessed / size, 2), "opcode": opcode,
+        "kind": next((k for k in kind.groups() if k), "") if kind else "",
+        "output": shapes[name], "computes": op_name.group(1) if op_name else "",
+        "reads": [shapes.get(o, "?") for o in operands if _shape_bytes(shapes.get(o, "")) > 64],
+    })
+  kernels.sort(key=lambda k: -k["bytes_per_param"])
+  return {"leaf": leaf, "bytes_per_param": round(sum(k["bytes_per_param"] for k in kernels), 2),
+          "kernels": kernels}
+
+
+class JaxSide:
+  """One optimizer's donated step and its bandwidth floor, on its own buffers."""
+
+  def __init__(self, symbol: str, optimizer, params: dict, grads: dict, options=None):
+    self.symbol = symbol
+    self.params = jax.tree.map(jnp.array, params)  # its own buffers: they are donated
+    self.grads = grads
+    self.state = jax.jit(optimizer.init, compiler_options=options)(self.params)
+    args = (self.params, self.state, self.grads)
+    donated = lambda fn: jax.jit(fn, donate_argnums=(0, 1), compiler_options=options)
+    start = time.process_time()
+    self.step = donated(_step_fn(optimizer)).lower(*args).compile()
+    self.compile_cpu_s = time.process_time() - start
+    self.floor = donated(_floor_fn).lower(*args, jnp.float32(0), jnp.float32(1)).compile()
+    self.hlo = self.step.as_text()
+    self.page_faults = []  # minor page faults of each timed step (process-wide count)
+
+  def run_step(self) -> float:
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    self.params, self.state = self.step(self.params, self.state, self.grads)
+    jax.block_until_ready((self.params, self.state))
+    seconds = time.perf_counter() - start
+    self.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+    return seconds
+
+  def temp_bytes(self) -> int:
+    """The temporary buffers XLA allocates for each execution of the step."""
+    analysis = self.step.memory_analysis()
+    return 0 if analysis is None else int(analysis.temp_size_in_bytes)
+
+  def run_floor(self) -> float:
+    start = time.perf_counter()
+    self.params, self.state = self.floor(self.params, self.state, self.grads, jnp.float32(0),
+                                         jnp.float32(1))
+    jax.block_until_ready((self.params, self.state))
+    return time.perf_counter() - start
+
+  def state_bytes(self) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(self.state))
+
+
+def torch_sides(class_name: str, shapes, params, grads) -> dict[str, Callable[[], float]]:
+  """`{variant: run_once}` for a pytorch-optimizer class (or "torch.AdamW(fused)"), with and
+  without foreach; {} where PyTorch or the class is missing."""
   try:
-    import pytorch_optimizer
     import torch
   except ImportError:
-    return None
-  generator = torch.Generator().manual_seed(0)
-  params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes.values()]
-  for p in params:
-    p.grad = 1e-2 * torch.randn(p.shape, generator=generator)
-  optimizer_class = getattr(pytorch_optimizer, class_name)
-  optimizer = optimizer_class(
-      params, lr=LEARNING_RATE, **required_arguments(optimizer_class, num_iterations=10_000)
-  )
-  return _median_seconds(optimizer.step, repeats)
+    return {}
+  if class_name == "torch.AdamW(fused)":
+    make, variants = torch.optim.AdamW, {"fused": {"fused": True}}
+  else:
+    try:
+      import pytorch_optimizer
+    except ImportError:
+      return {}
+    make = getattr(pytorch_optimizer, class_name, None)
+    if make is None:
+      return {}
+    variants = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+  sides = {}
+  for variant, options in variants.items():
+    tensors = []
+    for name in shapes:
+      tensor = torch.nn.Parameter(torch.from_numpy(to_torch_layout(params[name])))
+      tensor.grad = torch.from_numpy(to_torch_layout(grads[name]))
+      tensors.append(tensor)
+    try:
+      optimizer = make(tensors, lr=LEARNING_RATE, **options,
+                       **required_arguments(make, NUM_ITERATIONS))
+    except (TypeError, ValueError, RuntimeError):  # e.g. no foreach (or fused) option
+      continue
+
+    def run_once(optimizer=optimizer):
+      start = time.perf_counter()
+      optimizer.step()
+      return time.perf_counter() - start
+
+    sides[variant] = run_once
+  return sides
 
 
-@fast_compile_when_quick
+# ---------------------------------------------------------------------------------------------
+# Timing: every side once per round, rounds interleaved.
+
+
+def interleave(sides: dict[str, Callable[[], float]], rounds: int,
+               failed: dict[str, str]) -> dict[str, list[float]]:
+  """Seconds per call of every side in every round; the order rotates from round to round.
+
+  Two warm-up calls first (compiled code, allocations, PyTorch's state). A side slower than
+  SLOW_STEP_S runs in the first three rounds only; one that raises goes to `failed`.
+  """
+  names, slow = [], set()
+  for name, side in sides.items():
+    try:
+      if side() + side() > 2 * SLOW_STEP_S:
+        slow.add(name)
+      names.append(name)
+    except Exception as error:  # pylint: disable=broad-except  # reported, not fatal
+      failed[name] = f"{type(error).__name__}: {error}".splitlines()[0]
+  times = {name: [] for name in names}
+  for r in range(rounds):
+    shift = r % len(names)
+    for name in names[shift:] + names[:shift]:
+      if name not in slow or r < 3:
+        times[name].append(sides[name]())
+  return times
+
+
+def paired_ratio(ours: list[float], theirs: list[float]) -> float | None:
+  """The median over rounds of ours / theirs, measured in the same round."""
+  pairs = [a / b for a, b in zip(ours, theirs) if b > 0]
+  return statistics.median(pairs) if pairs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile time vs the number of leaves.
+
+
+def compile_seconds(make, num_leaves: int, options=None) -> float:
+  """Process CPU seconds to compile the donated step on a `num_leaves` tree."""
+  params = leaf_tree(num_leaves)
+  optimizer = make()
+  state = jax.eval_shape(optimizer.init, params)
+  step = jax.jit(_step_fn(optimizer), donate_argnums=(0, 1), compiler_options=options)
+  start = time.process_time()
+  step.lower(params, state, params).compile()
+  return time.process_time() - start
+
+
+def compile_sweep(rows, counts, options=None) -> dict[str, Any]:
+  """Compile seconds per optimizer and leaf count; a compile predicted (linearly from the last
+  count) to exceed SWEEP_LIMIT_S is skipped."""
+  seconds = {}
+  for row in rows:
+    measured = []
+    for count in counts:
+      if measured and measured[-1] * count / counts[len(measured) - 1] > SWEEP_LIMIT_S:
+        break
+      measured.append(compile_seconds(row["make"], count, options))
+    seconds[row["symbol"]] = measured
+  base = seconds[BASELINE]
+  ratio = {s: [a / b for a, b in zip(v, base)] for s, v in seconds.items()}
+  growth = {}
+  for symbol, values in seconds.items():
+    if len(values) >= 2:  # log-log slope between the first count above 10 and the last
+      i = 1 if len(values) > 2 else 0
+      growth[symbol] = math.log(values[-1] / values[i]) / math.log(
+          counts[len(values) - 1] / counts[i])
+  return {"leaves": list(counts), "cpu_seconds": seconds, "ratio_vs_optax_adamw": ratio,
+          "growth_exponent": growth}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def _xla_threads() -> int:
+  """XLA:CPU's intra-op threads: one per CPU this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
 def run(quick: bool, out: Path, seed: int) -> dict:
   del seed  # timings use fixed synthetic data
+  start_time = time.perf_counter()
+  threads = _xla_threads()
+  try:
+    import torch
+    torch.set_num_threads(threads)
+  except ImportError:
+    pass
   shapes = parameter_shapes(quick)
-  repeats = 5 if quick else 20
-  n_params = sum(int(np.prod(s)) for s in shapes.values())
-  start = time.perf_counter()
-  tree = random_tree(shapes)
-  baseline, _ = time_jax(optax.adamw(LEARNING_RATE), tree, repeats)
-  rows, skipped = [], {}
-  aliases = registry.optimizer_aliases()
-  if quick:  # a smoke run of the machinery: two optimizers with pytorch-optimizer counterparts
-    aliases = [(m, s) for m, s in aliases if s in m.pytorch_optimizer][:2]
-  for method, symbol in aliases:
-    torch_class = method.pytorch_optimizer.get(symbol)
+  rounds = 3 if quick else 25
+  n_params = sum(math.prod(s) for s in shapes.values())
+  np_params, np_grads = random_tree(shapes)
+  grads = jax.tree.map(jnp.asarray, np_grads)
+  rows, skipped = build_rows(quick)
+  options = FAST_COMPILE if quick and jax.default_backend() == "cpu" else None
+
+  sides, jax_sides = {}, {}
+  for row in rows:
     try:
-      optimizer = registry.resolve(symbol)(
-          LEARNING_RATE, **required_arguments(registry.resolve(symbol), num_iterations=10_000))
-      ours, state_bytes = time_jax(optimizer, tree, repeats)
-    except (TypeError, ValueError) as error:  # e.g. it needs extra update arguments (margins=)
-      skipped[symbol] = str(error).splitlines()[0]
-      print(f"skipped {symbol}: {skipped[symbol]}")
+      side = JaxSide(row["symbol"], row["make"](), np_params, grads, options)
+    except Exception as error:  # pylint: disable=broad-except  # e.g. fails on these shapes
+      skipped[row["symbol"]] = f"{type(error).__name__}: {error}".splitlines()[0]
       continue
-    theirs = time_torch(torch_class, shapes, repeats) if torch_class else None
-    rows.append({
-        "optimizer": symbol,
-        "step_ms": 1e3 * ours,
-        "optax_adamw_step_ms": 1e3 * baseline,
-        "ratio_vs_optax_adamw": ours / baseline,
-        "pytorch_optimizer": torch_class,
-        "torch_step_ms": None if theirs is None else 1e3 * theirs,
-        "ratio_vs_torch": None if theirs is None else ours / theirs,
-        "state_bytes": state_bytes,
-        "state_bytes_per_param": state_bytes / n_params,
-    })
-  wall_time = time.perf_counter() - start
-  _print_table(rows, n_params)
+    jax_sides[row["symbol"]] = side
+    sides[row["symbol"]] = side.run_step
+    sides["floor:" + row["symbol"]] = side.run_floor
+  rows = [row for row in rows if row["symbol"] in jax_sides]
+  torch_classes = {row["method"].pytorch_optimizer.get(row["symbol"]) for row in rows
+                   if row["method"] is not None} - {None}
+  for class_name in sorted(torch_classes) + ["torch.AdamW(fused)"]:
+    for variant, run_once in torch_sides(class_name, shapes, np_params, np_grads).items():
+      sides[f"torch:{class_name}:{variant}"] = run_once
+  times = interleave(sides, rounds, skipped)
+  rows = [row for row in rows if times.get(row["symbol"]) and times.get("floor:" + row["symbol"])]
 
-  fig, axes = new_figure(width=max(5.0, 0.9 * len(rows) + 2))
-  names = [r["optimizer"].rsplit(".", 1)[-1] for r in rows]
-  x = np.arange(len(rows))
-  axes[0, 0].bar(x - 0.2, [r["ratio_vs_optax_adamw"] for r in rows], 0.4, label="vs optax.adamw")
-  axes[0, 0].bar(x + 0.2, [r["ratio_vs_torch"] or 0.0 for r in rows], 0.4,
-                 label="vs pytorch-optimizer")
-  axes[0, 0].axhline(1.0, color="k", lw=0.8)
-  axes[0, 0].set(xticks=x, xticklabels=names, ylabel="step-time ratio (ours / theirs)",
-                 title=f"jitted step, {n_params / 1e6:.1f}M params, CPU")
-  axes[0, 0].legend()
+  symbols = {row["symbol"] for row in rows}
+  table = [_row(row, times, jax_sides[row["symbol"]], shapes, symbols) for row in rows]
+  baseline = table[0]
+  for entry in table:
+    entry["compile_ratio_vs_optax_adamw"] = entry["compile_cpu_s"] / baseline["compile_cpu_s"]
+  _print_table(table, n_params, threads, skipped)
+  side_names = sorted(sides)
+  del sides, jax_sides, times  # free the buffers before compiling the sweep
+  sweep = compile_sweep(rows, LEAF_COUNTS[:1] if quick else LEAF_COUNTS, options)
+  for entry in table:
+    entry["compile_cpu_s_by_leaves"] = sweep["cpu_seconds"].get(entry["optimizer"])
+    entry["compile_growth_exponent"] = sweep["growth_exponent"].get(entry["optimizer"])
+  wall_time = time.perf_counter() - start_time
+  _print_sweep(sweep)
+  table, baseline = table[1:], table[0]  # the registered optimizers; optax.adamw apart
 
-  compared = [r for r in rows if r["ratio_vs_torch"] is not None]
+  verdicts = None if quick else _verdicts(table, sweep)
+  fig = _figure([baseline] + table, sweep, n_params)
   return save_result(
       "bench_optimizers", out,
-      claim=("Goal (optimizer issues): every jaxlearn optimizer's jitted CPU step is faster than the "
-             "pytorch-optimizer implementation of the same algorithm."),
-      measured="; ".join(
-          f"{r['optimizer']}: {r['ratio_vs_torch']:.2f}x torch time, "
-          f"{r['ratio_vs_optax_adamw']:.2f}x optax.adamw time" for r in compared
-      ) or "no pytorch-optimizer counterpart available",
-      claim_held=bool(compared) and all(r["ratio_vs_torch"] < 1.0 for r in compared),
-      config={"n_params": n_params, "shapes": shapes, "repeats": repeats,
-              "learning_rate": LEARNING_RATE, "devices": str(jax.devices())},
-      metrics={"rows": rows, "skipped": skipped}, seeds=[0], wall_time_s=wall_time, figure=fig, quick=quick,
+      claim=("Engineering goal (issue 15), not a paper claim: every elementwise optimizer's "
+             "compiled step accesses at most 1.5x its ideal bytes (or the passes the report "
+             "documents), runs within 3x of the bandwidth floor measured in the same run, is "
+             "faster than the pytorch-optimizer implementation of the same algorithm and within "
+             "5% of optax where optax has it; compile time grows linearly with the number of "
+             "leaves."),
+      measured=_measured([baseline] + table, sweep, verdicts),
+      claim_held=None if verdicts is None else not any(verdicts.values()),
+      config={"n_params": n_params, "shapes": shapes, "rounds": rounds, "threads": threads,
+              "learning_rate": LEARNING_RATE, "devices": str(jax.devices()),
+              "sides": side_names, "leaf_counts": sweep["leaves"],
+              "torch_threads": threads},
+      metrics={"rows": table, "baseline": baseline, "skipped": skipped, "compile_sweep": sweep,
+               "verdicts": verdicts, "extra_passes": EXTRA_PASSES},
+      seeds=[0], wall_time_s=wall_time, figure=fig, quick=quick,
   )
 
 
-def _print_table(rows, n_params) -> None:
-  print(f"{n_params / 1e6:.2f}M parameters; times are medians of jitted steps")
-  header = (f"{'optimizer':<28}{'ms':>8}{'/adamw':>8}{'torch ms':>10}{'/torch':>8}"
-            f"{'state B/param':>15}")
+def _best_torch(times, class_name) -> tuple[str | None, list[float] | None]:
+  """The faster variant (lower minimum) of a PyTorch class, and its times."""
+  variants = {k.rsplit(":", 1)[1]: v for k, v in times.items()
+              if k.startswith(f"torch:{class_name}:") and v}
+  if not variants:
+    return None, None
+  best = min(variants, key=lambda k: min(variants[k]))
+  return best, variants[best]
+
+
+def _row(row, times, side, shapes, symbols) -> dict:
+  symbol = row["symbol"]
+  n_params = sum(math.prod(s) for s in shapes.values())
+  ours, floor, base = times[symbol], times["floor:" + symbol], times[BASELINE]
+  torch_class = row["method"].pytorch_optimizer.get(symbol) if row["method"] else None
+  variant, theirs = _best_torch(times, torch_class) if torch_class else (None, None)
+  _, fused = _best_torch(times, "torch.AdamW(fused)")
+  counterpart = optax_counterpart(row, symbols)
+  step_cost, floor_cost = cost(side.step), cost(side.floor)
+  state_bytes = side.state_bytes()
+  ideal = (3 * 4 * n_params + 2 * state_bytes) / n_params  # float32 params and gradients
+  ms = lambda seconds: 1e3 * seconds
+  return {
+      "optimizer": symbol,
+      "step_ms": ms(min(ours)), "step_ms_median": ms(statistics.median(ours)),
+      "optax_adamw_step_ms": ms(min(base)),
+      "ratio_vs_optax_adamw": min(ours) / min(base),
+      "paired_ratio_vs_optax_adamw": paired_ratio(ours, base),
+      "optax_counterpart": counterpart,
+      "paired_ratio_vs_optax_counterpart": (paired_ratio(ours, times[counterpart])
+                                            if counterpart else None),
+      "pytorch_optimizer": torch_class, "torch_variant": variant,
+      "torch_step_ms": None if theirs is None else ms(min(theirs)),
+      "torch_step_ms_median": None if theirs is None else ms(statistics.median(theirs)),
+      "ratio_vs_torch": None if theirs is None else ms(min(ours)) / ms(min(theirs)),
+      "paired_ratio_vs_torch": None if theirs is None else paired_ratio(ours, theirs),
+      "torch_fused_adamw_step_ms": None if fused is None else ms(min(fused)),
+      "paired_ratio_vs_torch_fused_adamw": None if fused is None else paired_ratio(ours, fused),
+      "floor_step_ms": ms(min(floor)), "paired_ratio_vs_floor": paired_ratio(ours, floor),
+      "compile_cpu_s": side.compile_cpu_s,
+      "xla_bytes_per_param": step_cost["bytes"] / n_params,
+      "ideal_bytes_per_param": ideal,
+      "bytes_ratio": step_cost["bytes"] / n_params / ideal,
+      "floor_xla_bytes_per_param": floor_cost["bytes"] / n_params,
+      "xla_flops_per_param": step_cost["flops"] / n_params,
+      "state_bytes_per_param": state_bytes / n_params,
+      "temp_bytes_per_param": side.temp_bytes() / n_params,
+      "page_faults_per_step": statistics.median(side.page_faults[2:] or [0]),
+      "rounds_timed": len(ours),
+      "extra_passes": EXTRA_PASSES.get(symbol),
+      "largest_leaf_passes": leaf_kernels(side.hlo, max(shapes.values(), key=math.prod)),
+  }
+
+
+def _elementwise(entry) -> bool:
+  """Elementwise state and a handful of flops per parameter (not a matrix optimizer)."""
+  return entry["xla_flops_per_param"] < 100
+
+
+def _verdicts(table, sweep) -> dict[str, list[str]]:
+  """Per goal of the claim, jaxlearn's elementwise optimizers that miss it (none: met). The
+  registered optax aliases are the references, not under test."""
+  rows = [r for r in table if _elementwise(r) and not r["optimizer"].startswith("optax.")]
+  growth = sweep["growth_exponent"]
+  misses = lambda ok: [r["optimizer"] for r in rows if not ok(r)]
+  return {
+      "bytes_within_1.5x_or_documented": misses(
+          lambda r: r["bytes_ratio"] <= 1.5 or r["extra_passes"]),
+      "within_3x_of_floor": misses(lambda r: r["paired_ratio_vs_floor"] <= 3.0),
+      "faster_than_pytorch_optimizer": misses(
+          lambda r: r["paired_ratio_vs_torch"] is None or r["paired_ratio_vs_torch"] < 1.0),
+      "within_5pct_of_optax_counterpart": misses(
+          lambda r: (r["paired_ratio_vs_optax_counterpart"] is None
+                     or r["paired_ratio_vs_optax_counterpart"] <= 1.05)),
+      "compile_time_linear_in_leaves": misses(
+          lambda r: growth.get(r["optimizer"], 1.0) <= 1.3),
+      "compile_within_1.5x_of_optax_adamw_on_the_big_tree": misses(
+          lambda r: r["compile_ratio_vs_optax_adamw"] <= 1.5),
+  }
+
+
+def _short(symbol: str) -> str:
+  return symbol.removeprefix("jaxlearn.optim.")
+
+
+def _measured(table, sweep, verdicts) -> str:
+  parts = []
+  for r in table:
+    torch_part = ("" if r["paired_ratio_vs_torch"] is None
+                  else f", {r['paired_ratio_vs_torch']:.2f}x {r['pytorch_optimizer']}")
+    parts.append(f"{_short(r['optimizer'])}: {r['step_ms']:.1f} ms, "
+                 f"{r['paired_ratio_vs_floor']:.1f}x floor, "
+                 f"{r['paired_ratio_vs_optax_adamw']:.2f}x adamw{torch_part}, "
+                 f"{r['xla_bytes_per_param']:.0f}/{r['ideal_bytes_per_param']:.0f} B/param")
+  counts = sweep["leaves"]
+  compile_part = "; compile s at {} leaves vs optax.adamw: ".format(counts[-1]) + ", ".join(
+      f"{_short(s)} {v[-1] / sweep['cpu_seconds'][BASELINE][len(v) - 1]:.1f}x"
+      for s, v in sweep["cpu_seconds"].items() if v)
+  verdict = "" if verdicts is None else "; " + "; ".join(
+      f"{k}: " + ("yes" if not missed else "NO for " + ", ".join(
+          _short(m) for m in missed)) for k, missed in verdicts.items())
+  return ("Paired medians over interleaved rounds (ratios below 1: we are faster). "
+          + "; ".join(parts) + compile_part + verdict)
+
+
+def _print_table(table, n_params, threads, skipped) -> None:
+  print(f"{n_params / 1e6:.2f}M float32 parameters, {threads} threads (XLA and PyTorch); "
+        "ms: min over rounds; ratios: paired medians")
+  header = (f"{'optimizer':<32}{'ms':>7}{'med':>7}{'/adamw':>8}{'/torch':>8}{'/fused':>8}"
+            f"{'/floor':>8}{'B/param':>9}{'ideal':>7}{'ratio':>7}")
   print(header)
   print("-" * len(header))
-  for r in rows:
-    torch_ms = "-" if r["torch_step_ms"] is None else f"{r['torch_step_ms']:.2f}"
-    ratio = "-" if r["ratio_vs_torch"] is None else f"{r['ratio_vs_torch']:.2f}"
-    print(f"{r['optimizer']:<28}{r['step_ms']:>8.2f}{r['ratio_vs_optax_adamw']:>8.2f}"
-          f"{torch_ms:>10}{ratio:>8}{r['state_bytes_per_param']:>15.1f}")
+  fmt = lambda x: "-" if x is None else f"{x:.2f}"
+  for r in table:
+    print(f"{r['optimizer']:<32}{r['step_ms']:>7.2f}{r['step_ms_median']:>7.2f}"
+          f"{fmt(r['paired_ratio_vs_optax_adamw']):>8}{fmt(r['paired_ratio_vs_torch']):>8}"
+          f"{fmt(r['paired_ratio_vs_torch_fused_adamw']):>8}{r['paired_ratio_vs_floor']:>8.2f}"
+          f"{r['xla_bytes_per_param']:>9.1f}{r['ideal_bytes_per_param']:>7.1f}"
+          f"{r['bytes_ratio']:>7.2f}")
+  for symbol, reason in skipped.items():
+    print(f"skipped {symbol}: {reason}")
+
+
+def _print_sweep(sweep) -> None:
+  print("compile CPU seconds by number of leaves " + str(sweep["leaves"]))
+  for symbol, values in sweep["cpu_seconds"].items():
+    growth = sweep["growth_exponent"].get(symbol)
+    grow = "" if growth is None else f"  (grows as leaves^{growth:.2f})"
+    print(f"  {symbol:<32}" + " ".join(f"{v:7.2f}" for v in values) + grow)
+
+
+def _figure(table, sweep, n_params):
+  fig, axes = new_figure(nrows=3, width=max(6.0, 0.4 * len(table) + 2))
+  names = [_short(r["optimizer"]) for r in table]
+  x = np.arange(len(table))
+  value = lambda r, key: r[key] if r[key] is not None else np.nan
+  for offset, key, label in ((-0.3, "paired_ratio_vs_floor", "vs bandwidth floor"),
+                             (-0.1, "paired_ratio_vs_optax_adamw", "vs optax.adamw"),
+                             (0.1, "paired_ratio_vs_torch", "vs pytorch-optimizer"),
+                             (0.3, "paired_ratio_vs_torch_fused_adamw", "vs torch fused AdamW")):
+    axes[0, 0].bar(x + offset, [value(r, key) for r in table], 0.2, label=label)
+  axes[0, 0].axhline(1.0, color="k", lw=0.8)
+  axes[0, 0].set(xticks=x, yscale="log", ylabel="step time ratio (paired median)",
+                 title=f"donated step, {n_params / 1e6:.1f}M params, CPU")
+  axes[0, 0].set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+  axes[0, 0].legend(fontsize=7)
+  axes[1, 0].bar(x - 0.2, [r["xla_bytes_per_param"] for r in table], 0.4, label="XLA count")
+  axes[1, 0].bar(x + 0.2, [r["ideal_bytes_per_param"] for r in table], 0.4, label="ideal")
+  axes[1, 0].set(xticks=x, ylabel="bytes per parameter and step", yscale="log",
+                 title="bytes accessed (XLA cost analysis)")
+  axes[1, 0].set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+  axes[1, 0].legend(fontsize=7)
+  counts = sweep["leaves"]
+  for symbol, values in sweep["cpu_seconds"].items():
+    style = "k-" if symbol == BASELINE else "-"
+    axes[2, 0].plot(counts[:len(values)], values, style, marker="o", ms=3,
+                    label=_short(symbol))
+  axes[2, 0].set(xscale="log", yscale="log", xlabel="leaves ((32, 32) kernels and biases)",
+                 ylabel="compile CPU seconds", title="compile time vs leaf count")
+  axes[2, 0].legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  return fig
 
 
 def main(argv=None):

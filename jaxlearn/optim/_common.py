@@ -213,6 +213,17 @@ def compute_in_float32(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def leaf_sums_total(sums: list[jax.Array]) -> jax.Array:
+  """The total of per-leaf scalar sums, as one reduction that XLA computes once.
+
+  The sums are stacked behind an `optimization_barrier` and reduced in one op. A Python `sum`,
+  or a plain `jnp.sum` of the stack (which XLA rewrites into the same chain), gives an N-term
+  chain of scalar additions that XLA fuses into each of the N leaves' kernels that read the
+  total: N² instructions, so compiling takes time quadratic in the number of leaves.
+  """
+  return jnp.sum(jax.lax.optimization_barrier(jnp.stack(sums)))
+
+
 def state_zeros(params: optax.Params, dtype: Any = None) -> optax.Updates:
   """Zeros like `params`, in `dtype` or else float32 or wider, so low-precision moments do not
   underflow."""

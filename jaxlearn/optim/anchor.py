@@ -18,9 +18,10 @@ the decoupled form instead (AdamW-style, but toward θ* rather than 0). `optax.a
 is the special case θ* = 0.
 
 State: the anchor θ* (a float32 or wider copy of the params at `init`, so a fresh optimizer for a
-new task anchors at the weights it starts from) and, with `weighted=True`, the importance F (ones
-at `init`). `set_anchor` replaces both inside any optimizer state (chains, masks, injected
-hyperparameters). Updates are returned in the gradient's dtype.
+new task anchors at the weights it starts from, and a step can donate params and state) and,
+with `weighted=True`, the importance F (ones at `init`). `set_anchor` replaces both inside any
+optimizer state (chains, masks, injected hyperparameters). Updates are returned in the
+gradient's dtype.
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def decay_to_anchor(
   _common.check_mask(mask, "mask")
 
   def init_fn(params):
-    anchor = jax.tree.map(_wide, params)
+    # A copy, never the parameter arrays themselves: a step that donates params and state
+    # would otherwise donate the same buffer twice.
+    anchor = jax.tree.map(
+        lambda p: jnp.array(p, dtype=_common.wide_dtype(jnp.asarray(p).dtype), copy=True), params)
     importance = jax.tree.map(jnp.ones_like, anchor) if weighted else None
     return DecayToAnchorState(anchor=anchor, anchor_importance=importance)
 

@@ -23,6 +23,11 @@ transform of a chain (after the learning rate): it turns the incoming update `u`
 `phi_new - theta` on synchronisation steps, which is only right if nothing rescales it afterwards.
 The trajectory equals `optax.lookahead`'s fast weights (`tests/optim/test_lookahead.py`). The fast
 optimizer's state is never reset (`optax.lookahead(reset_state=False)`, the paper's default).
+
+The synchronisation is a `lax.cond`, so the slow weights are read and written only on the steps
+that synchronise (a select would pass over them at every step). `init` copies the parameters:
+the state must not hold the parameter arrays themselves, or a step that donates params and state
+fails (one buffer donated twice).
 """
 
 from __future__ import annotations
@@ -97,24 +102,31 @@ def lookahead_sync(
   _checks.check_range("slow_step_size", slow_step_size, 0.0, 1.0)
 
   def init_fn(params):
-    slow = jax.tree.map(lambda p: jnp.asarray(p, _common.wide_dtype(p.dtype)), params)
+    # A copy, never the parameter arrays themselves: a step that donates params and state
+    # would otherwise donate the same buffer twice.
+    slow = jax.tree.map(
+        lambda p: jnp.array(p, dtype=_common.wide_dtype(p.dtype), copy=True), params)
     return LookaheadSyncState(jnp.zeros([], jnp.int32), slow)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     _common.require_params(params, "lookahead_sync", updates=updates)
     count = numerics.safe_increment(state.count)
-    sync = count % sync_period == 0
 
-    def leaf(u, p, slow):
-      fast = p.astype(slow.dtype) + u.astype(slow.dtype)
-      new_slow = jnp.where(sync, slow + slow_step_size * (fast - slow), slow)
-      new_u = jnp.where(sync, new_slow - p.astype(slow.dtype), u.astype(slow.dtype))
-      return new_u.astype(u.dtype), new_slow
+    def synchronise(updates, slow):
+      def leaf(u, p, slow):
+        fast = p.astype(slow.dtype) + u.astype(slow.dtype)
+        new_slow = slow + slow_step_size * (fast - slow)
+        return (new_slow - p.astype(slow.dtype)).astype(u.dtype), new_slow
 
-    pairs = jax.tree.map(leaf, updates, params, state.slow)
-    new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
-    slow = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
-    return new_updates, LookaheadSyncState(count, slow)
+      pairs = jax.tree.map(leaf, updates, params, slow)
+      return (jax.tree.map(lambda _, pair: pair[0], updates, pairs),
+              jax.tree.map(lambda _, pair: pair[1], updates, pairs))
+
+    # A conditional, not a select: between synchronisations the slow weights are neither read
+    # nor written (a select would pass over them, and over the update, at every step).
+    updates, slow = jax.lax.cond(count % sync_period == 0, synchronise, lambda u, s: (u, s),
+                                 updates, state.slow)
+    return updates, LookaheadSyncState(count, slow)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -36,6 +36,12 @@ first step with b2 = 0.999), which matters only for gradients of the order of ε
 
 Weight decay in the aliases is decoupled and multiplied by the learning rate,
 `theta <- theta - lr * (u_t + wd * theta)`, as the official `decoupled=True` default.
+
+Step cost: each new buffer is computed from its own old buffer only, and the direction from the
+new buffers (the one not updated this step equals its old value). Reading an old buffer after
+the new one has overwritten it in place (donated state) makes XLA copy every buffer first: PNM's
+compiled CPU step accesses 40 bytes per float32 parameter instead of 68 (ideal 28; one kernel per
+output, as `optax.adam`), AdaPNM's 68 instead of 96 (ideal 44).
 """
 
 from __future__ import annotations
@@ -114,16 +120,24 @@ def _check_pnm(b1, b0) -> None:
 
 
 def _pnm_step(updates, count, mu_odd, mu_even, b1, b0) -> tuple[Any, Any, Any]:
-  """Updates the buffer of `count`'s parity; returns (direction d_t, mu_odd, mu_even)."""
+  """Updates the buffer of `count`'s parity; returns (direction d_t, mu_odd, mu_even).
+
+  Each new buffer reads only its own old buffer, and the direction reads the new buffers (the
+  buffer not updated is returned unchanged, so it equals the old one). Reading an old buffer
+  after its new value has been written in place (donated state) would make XLA copy it first.
+  """
   odd = count % 2 == 1
   noise_norm = jnp.sqrt((1 + b0) ** 2 + b0**2)
-  this_parity = jax.tree.map(lambda a, b: jnp.where(odd, a, b), mu_odd, mu_even)
-  current = _common.update_moment(updates, this_parity, b1 * b1)
-  other = jax.tree.map(lambda a, b: jnp.where(odd, b, a), mu_odd, mu_even)
-  direction = jax.tree.map(lambda c, o: ((1 + b0) * c - b0 * o) / noise_norm, current, other)
-  new_odd = jax.tree.map(lambda c, a: jnp.where(odd, c, a), current, mu_odd)
-  new_even = jax.tree.map(lambda c, b: jnp.where(odd, b, c), current, mu_even)
-  return direction, new_odd, new_even
+  new_odd = jax.tree.map(lambda m, a: jnp.where(odd, m, a),
+                         _common.update_moment(updates, mu_odd, b1 * b1), mu_odd)
+  new_even = jax.tree.map(lambda m, b: jnp.where(odd, b, m),
+                          _common.update_moment(updates, mu_even, b1 * b1), mu_even)
+
+  def direction(a, b):
+    current, other = jnp.where(odd, a, b), jnp.where(odd, b, a)
+    return ((1 + b0) * current - b0 * other) / noise_norm
+
+  return jax.tree.map(direction, new_odd, new_even), new_odd, new_even
 
 
 def scale_by_pnm(b1: float = 0.9, b0: float = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -211,8 +225,8 @@ def scale_by_adapnm(
         nu_max=_common.state_zeros(params) if amsgrad else None,
     )
 
-  def denominator(v, count):
-    root = jnp.sqrt(v) / jnp.sqrt(_common.bias_correction(b2, count)) + eps
+  def denominator(v, root_correction2):
+    root = jnp.sqrt(v) / root_correction2 + eps
     return root if softplus_beta is None else softplus_denominator(root, softplus_beta)
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -224,9 +238,11 @@ def scale_by_adapnm(
     )
     nu = _common.update_moment(updates, state.nu, b2, order=2)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
+    # Scalars once, not once per leaf: fewer instructions for XLA to compile.
     bias_correction1 = _common.bias_correction(b1, count)
+    root_correction2 = jnp.sqrt(_common.bias_correction(b2, count))
     out = jax.tree.map(
-        lambda g, d, v: (d / bias_correction1 / denominator(v, count)).astype(g.dtype),
+        lambda g, d, v: (d / bias_correction1 / denominator(v, root_correction2)).astype(g.dtype),
         updates, direction, nu_max if amsgrad else nu,
     )
     return out, ScaleByAdaPNMState(count, mu_odd, mu_even, nu, nu_max)
@@ -237,17 +253,17 @@ def scale_by_adapnm(
 def adapnm_second_moment(state: ScaleByAdaPNMState, b2) -> optax.Updates:
   """The bias-corrected second moment `v_t / (1 - b2^t)` held in an updated AdaPNM state.
 
-  For `jaxlearn.optim.with_stable_weight_decay(second_moment=...)`: stable weight decay then reads
-  AdaPNM's own `v_t` instead of keeping a second copy. This is the EMA, not its AMSGrad maximum,
-  as in Ranger21's official code.
+  This is the EMA, not its AMSGrad maximum (the one Ranger21's stable weight decay averages; it
+  reads the uncorrected `state.nu` through `with_stable_weight_decay(inner_nu=...)`).
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from jaxlearn.optim import adapnm_second_moment, scale_by_adapnm, with_stable_weight_decay
-    >>> opt = with_stable_weight_decay(
-    ...     scale_by_adapnm(b2=0.999), 1e-4, second_moment=lambda s: adapnm_second_moment(s, 0.999))
+    >>> from jaxlearn.optim import adapnm_second_moment, scale_by_adapnm
+    >>> opt = scale_by_adapnm(b2=0.999)
     >>> params = {"w": jnp.ones((3, 2))}
-    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, opt.init(params), params)
+    >>> _, state = opt.update({"w": jnp.full((3, 2), 0.5)}, opt.init(params), params)
+    >>> round(float(adapnm_second_moment(state, 0.999)["w"][0, 0]), 4)  # g^2 at the first step
+    0.25
   """
   return _common.debias(state.nu, b2, state.count)
 

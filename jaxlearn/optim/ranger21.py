@@ -89,7 +89,7 @@ from jaxlearn.optim.agc import adaptive_grad_clip
 from jaxlearn.optim.centralization import centralize_gradients, normalize_gradients
 from jaxlearn.optim.lookahead import lookahead_sync
 from jaxlearn.optim.norm_loss import add_norm_loss
-from jaxlearn.optim.pnm import adapnm_second_moment, scale_by_adapnm
+from jaxlearn.optim.pnm import scale_by_adapnm
 from jaxlearn.optim.stable_weight_decay import with_stable_weight_decay
 
 __all__ = [
@@ -303,7 +303,7 @@ def ranger21(
   core = scale_by_adapnm(b1, b2, b0, eps, softplus_beta, amsgrad=amsgrad)
   parts.append(with_stable_weight_decay(
       core, weight_decay, weight_decay_mask, b2, eps,
-      second_moment=lambda state: adapnm_second_moment(state, b2),
+      inner_nu=lambda state: state.nu,
   ))
   parts.append(add_norm_loss(norm_loss_factor, eps))
   parts.append(_common.learning_rate_step(rate))

@@ -22,9 +22,13 @@ or not, as in both official codes.
 `with_stable_weight_decay(inner, ...)` wraps the adaptive transform `inner` because the decay needs
 the gradient's second moment while it must be added to `inner`'s output. By default the wrapper
 keeps its own EMA `v_t = b2 v_{t-1} + (1 - b2) g_t^2` of the gradients it receives (identical to
-`inner`'s when `b2` matches); `second_moment=fn` reads `inner`'s bias-corrected `v_hat` from its
-updated state instead and saves that copy (`jaxlearn.optim.adapnm_second_moment`,
-`adam_second_moment`).
+`inner`'s when `b2` matches); `inner_nu=fn` reads `inner`'s own EMA `v_t` from its updated state
+instead and saves that copy (`inner_nu=lambda state: state.nu` for `optax.scale_by_adam` and
+`jaxlearn.optim.scale_by_adapnm`).
+
+Cost: the mean is one pass over `v_t` (its bias correction divides the mean, a scalar, so no
+corrected copy of `v_t` is written), and the per-leaf sums are totalled in one reduction
+(`_common.leaf_sums_total`), which keeps compile time linear in the number of leaves.
 
 Deviations: the official codes divide by `sqrt(mean v_hat)` alone, which is infinite when every
 gradient so far is zero (Ranger21's official code raises). Here `eps` is added, as in
@@ -53,15 +57,12 @@ __all__ = [
     "StableWeightDecayState",
 ]
 
-SecondMomentFn = Callable[[Any], optax.Updates]
-
-
 class StableWeightDecayState(NamedTuple):
   """State of `with_stable_weight_decay`.
 
   Attributes:
     count: number of updates so far (int32), for the bias correction of `nu`.
-    nu: the wrapper's own EMA of squared gradients, or None when `second_moment` is given.
+    nu: the wrapper's own EMA of squared gradients, or None when `inner_nu` is given.
     inner_state: the wrapped transform's state.
 
   Example:
@@ -77,24 +78,27 @@ class StableWeightDecayState(NamedTuple):
   inner_state: Any
 
 
-def mean_second_moment(nu_hat: optax.Updates) -> jax.Array:
-  """The mean of every element of every leaf of `nu_hat` (float32 at least)."""
-  leaves = jax.tree.leaves(nu_hat)
-  total = sum(jnp.sum(v.astype(_common.wide_dtype(v.dtype))) for v in leaves)
+def mean_second_moment(nu: optax.Updates) -> jax.Array:
+  """The mean of every element of every leaf of `nu` (float32 at least), in one reduction."""
+  leaves = jax.tree.leaves(nu)
+  total = _common.leaf_sums_total(
+      [jnp.sum(v.astype(_common.wide_dtype(v.dtype))) for v in leaves])
   return total / sum(v.size for v in leaves)
 
 
 def adam_second_moment(state: optax.ScaleByAdamState, b2) -> optax.Updates:
-  """The bias-corrected second moment of an updated `optax.scale_by_adam` state.
+  """The bias-corrected second moment `v_t / (1 - b2^t)` of an updated `optax.scale_by_adam` state.
+
+  (`with_stable_weight_decay` reads the uncorrected `state.nu` itself: `inner_nu`.)
 
   Example:
     >>> import jax.numpy as jnp, optax
-    >>> from jaxlearn.optim import adam_second_moment, with_stable_weight_decay
-    >>> opt = with_stable_weight_decay(
-    ...     optax.scale_by_adam(b2=0.999), 1e-4,
-    ...     second_moment=lambda s: adam_second_moment(s, 0.999))
+    >>> from jaxlearn.optim import adam_second_moment
+    >>> adam = optax.scale_by_adam(b2=0.999)
     >>> params = {"w": jnp.ones((3, 2))}
-    >>> updates, state = opt.update({"w": jnp.full((3, 2), 0.5)}, opt.init(params), params)
+    >>> _, state = adam.update({"w": jnp.full((3, 2), 0.5)}, adam.init(params))
+    >>> round(float(adam_second_moment(state, 0.999)["w"][0, 0]), 4)  # g^2 at the first step
+    0.25
   """
   return _common.debias(state.nu, b2, state.count)
 
@@ -106,7 +110,7 @@ def with_stable_weight_decay(
     b2: float = 0.999,
     eps: float = 1e-8,
     *,
-    second_moment: Callable[[Any], optax.Updates] | None = None,
+    inner_nu: Callable[[Any], optax.Updates] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Adds stable weight decay to the output of the adaptive transform `inner`.
 
@@ -115,10 +119,12 @@ def with_stable_weight_decay(
     weight_decay: the decay coefficient λ, >= 0, or a schedule of the step count.
     weight_decay_mask: which leaves decay (pytree of bools, a prefix of it, or a callable of
       params). Every leaf counts in the mean second moment either way.
-    b2: decay of the wrapper's own second-moment EMA, in [0, 1) (unused with `second_moment`).
+    b2: decay of the second-moment EMA, in [0, 1): the wrapper's own, or `inner`'s (with
+      `inner_nu`), whose bias correction `1 - b2^t` the wrapper applies.
     eps: added to `sqrt(mean v_hat)`, > 0. While `mean v_hat` is exactly 0 the decay is skipped.
-    second_moment: optional `fn(inner_state_after_update) -> v_hat` that reads `inner`'s
-      bias-corrected second moment instead of keeping a copy.
+    inner_nu: optional `fn(inner_state_after_update) -> v_t` returning `inner`'s own uncorrected
+      EMA `b2 v_{t-1} + (1 - b2) g_t^2` of the gradients it receives (e.g.
+      `lambda state: state.nu`), read instead of keeping a copy.
 
   Returns:
     An `optax.GradientTransformationExtraArgs` (state `StableWeightDecayState`); the decay reads
@@ -140,20 +146,21 @@ def with_stable_weight_decay(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    own_nu = None if second_moment is not None else _common.state_zeros(params)
+    own_nu = None if inner_nu is not None else _common.state_zeros(params)
     return StableWeightDecayState(jnp.zeros([], jnp.int32), own_nu, inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     _common.require_params(params, "with_stable_weight_decay", updates=updates)
     count = numerics.safe_increment(state.count)
     inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    if second_moment is None:
+    if inner_nu is None:
       nu = _common.update_moment(updates, state.nu, b2, order=2)
-      nu_hat = _common.debias(nu, b2, count)
+      mean = mean_second_moment(nu)
     else:
-      nu, nu_hat = None, second_moment(inner_state)
+      nu, mean = None, mean_second_moment(inner_nu(inner_state))
+    # Corrected as a scalar: a corrected copy of v_t would be one more pass over it.
+    mean = mean / _common.bias_correction(b2, count)
     decay = weight_decay(state.count) if callable(weight_decay) else weight_decay
-    mean = mean_second_moment(nu_hat)
     # All-zero gradients so far: no curvature information, and the rule would divide by zero.
     scale = jnp.where(mean > 0, decay / (jnp.sqrt(mean) + eps), 0.0)
     flags = _common.decay_flags(weight_decay_mask, params)
@@ -177,7 +184,7 @@ def adams(
   """AdamS: Adam with stable weight decay (official `swd_optim/adams.py`, `amsgrad=False`).
 
   `theta <- theta - lr * (m_hat / (sqrt(v_hat) + eps) + wd / (sqrt(mean v_hat) + eps) * theta)`;
-  the mean reads Adam's own `v_hat`. Official defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+  the mean reads Adam's own `v_t`. Official defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
   weight decay 1e-4.
 
   Args:
@@ -206,8 +213,7 @@ def adams(
   adam = _common.compute_in_float32(optax.scale_by_adam(b1, b2, eps))
   return optax.chain(
       with_stable_weight_decay(
-          adam, weight_decay, weight_decay_mask, b2, eps,
-          second_moment=lambda state: adam_second_moment(state, b2),
+          adam, weight_decay, weight_decay_mask, b2, eps, inner_nu=lambda state: state.nu
       ),
       _common.learning_rate_step(learning_rate),
   )

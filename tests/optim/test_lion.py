@@ -141,3 +141,32 @@ def test_compute_in_float32_upcasts_state_and_reductions_and_restores_dtypes():
   # A plain optax transform inside: unknown extra arguments are dropped, not passed on.
   concrete = jax.tree.map(lambda p: p.astype(jnp.float32), params)
   optim.scale_by_lion().update(concrete, optim.scale_by_lion().init(concrete), unknown=1)
+
+
+def _assert_same_steps_as_optax(ours, theirs, steps=20):
+  """Same updates and momentum as optax's update, step by step from the same state."""
+  rng = np.random.default_rng(7)
+  params = jnp.zeros((64, 32))
+  state = ours.init(params)
+  ours_update, theirs_update = jax.jit(ours.update), jax.jit(theirs.update)
+  for _ in range(steps):
+    grads = jnp.asarray(rng.normal(size=params.shape), jnp.float32)
+    got, new_state = ours_update(grads, state, params)
+    want, want_state = theirs_update(grads, state)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(new_state.mu, want_state.mu)
+    state = new_state
+
+
+@pytest.mark.parametrize("b1,b2", [(0.9, 0.99), (0.95, 0.9), (0.0, 0.5)])
+def test_sign_from_the_new_momentum_matches_optax(b1, b2):
+  """`scale_by_lion` reads the sign from m_t (one pass per buffer): b2 c_t = b1 m_t +
+  (b2 - b1) g_t. The same signs and momentum as optax's update, 20 steps of 2048 coordinates."""
+  _assert_same_steps_as_optax(optim.scale_by_lion(b1, b2), optax.scale_by_lion(b1, b2))
+
+
+@pytest.mark.parametrize("kwargs", [{"b2": 0.0}, {"mu_dtype": jnp.bfloat16}])
+def test_signs_come_from_the_old_momentum_where_the_new_one_cannot_give_them(kwargs):
+  """b2 = 0 leaves no trace of m_{t-1} in m_t (the new-momentum form would give sign 0); a
+  bfloat16 m_t would round the sign's input to bfloat16. Both run optax's update as is."""
+  _assert_same_steps_as_optax(optim.scale_by_lion(**kwargs), optax.scale_by_lion(**kwargs), 5)

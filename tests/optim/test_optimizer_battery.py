@@ -29,6 +29,8 @@ What each row must do (after optax's `alias_test.py` / `contrib/_common_test.py`
 pytorch-optimizer's parameter tests):
   - converge on a quadratic and on a small logistic regression;
   - compile once: no retracing after the first jitted step;
+  - run its step with params and state donated (as training loops do), also from a state that
+    `init` built eagerly from the very params it then donates (no parameter array as state);
   - ignore unknown keyword arguments to `update`, and raise without `params` if it needs them;
   - under `inject_hyperparams`, give the same updates and (inner) state, and let the learning rate
     be vmapped (a vmapped sweep equals the separate runs and is not constant);
@@ -43,12 +45,13 @@ pytorch-optimizer's parameter tests):
 Budget: about 1 s of CPU per row (at ~120 methods the default suite must stay under 10 minutes
 on a 2-core CI machine). A row compiles six small programs, once each (`RowRun`): its initial
 states; the plain step, through which every problem runs as data (quadratic, logistic regression,
-gradient sequences, at three learning rates); the vmapped injected step; `MultiSteps` inside
+gradient sequences, at three learning rates) with params and state donated; the vmapped injected
+step; `MultiSteps` inside
 `apply_if_finite`; and a `lax.cond` step, traced for a dtype mix and for float16. The tests then
 assert on their cached results. Put a new check into one of these programs (a new problem is data
 for the plain step), not into a new `jax.jit`. The programs use XLA:CPU's fast-compile options
-(`_compiler_options`): on these tiny problems compiling is nearly all the cost, and the options
-change results only by float rounding. A module-scoped fixture runs a row's tests one after
+(`jaxlearn._compile.fast_jit`): on these tiny problems compiling is nearly all the cost, and
+the options change results only by float rounding. A module-scoped fixture runs a row's tests one after
 another; under pytest-xdist, `--dist loadfile` (pyproject.toml) keeps them on one worker.
 """
 
@@ -67,6 +70,8 @@ import optax
 import pytest
 
 from jaxlearn import optim, registry
+from jaxlearn._compile import fast_jit
+from jaxlearn import nn as jnn
 from jaxlearn.optim import EXTRA_ARG_NAMES, extra_update_args, inject_hyperparams
 
 PyTree = Any
@@ -75,6 +80,18 @@ PyTree = Any
 def matrices_only(params):
   """A callable weight-decay mask: decay leaves with ndim > 1."""
   return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+def decaying(factory, steps=300):
+  """`factory` whose learning rate decays linearly to 0 over `steps` (the convergence runs), for
+  rules whose steps have a fixed length (orthogonalized, normalized, sign): at a constant rate
+  they circle the minimum at that distance. Same signature, so injection sees its arguments."""
+
+  def make(learning_rate, **kwargs):
+    return factory(optax.linear_schedule(learning_rate, 0.0, steps), **kwargs)
+
+  make.__signature__ = inspect.signature(factory)
+  return make
 
 
 # Base optimizers a transform row is chained with. SGD with momentum by default: optax.adam's
@@ -271,6 +288,135 @@ OPTIMIZERS: tuple[Row, ...] = (
     Row("clip_by_global_norm_sgd", "grad_norm_clipping", optim.clip_by_global_norm,
         {"learning_rate": 0.05, "max_norm": 1.0}, (("max_norm", 0.0), ("max_norm", -1.0)),
         base="sgd_momentum"),
+    # The induced-metric optimiser's three official forms; `log` scales by the loss (value=).
+    Row("induced_metric", "induced_metric_optimiser", optim.induced_metric,
+        {"learning_rate": 0.1},
+        (("learning_rate", -0.1), ("momentum", 1.0), ("xi", -0.1), ("beta", 1.0),
+         ("beta_rms", -0.1), ("eps", -1e-8), ("weight_decay", -1e-4), ("metric", "sqrt")),
+        needs_params=True),
+    Row("induced_metric_log", "induced_metric_optimiser", optim.induced_metric,
+        {"learning_rate": 0.1, "metric": "log"}, extra_args=("value",), needs_params=True),
+    Row("induced_metric_rms_wd_mask", "induced_metric_optimiser", optim.induced_metric,
+        {"learning_rate": 0.05, "metric": "rms", "weight_decay": 1e-3,
+         "weight_decay_mask": matrices_only}, needs_params=True, atol=1e-5),
+    # SMB evaluates the loss at a trial point and, on rejection, its gradient there (value_fn).
+    Row("smb", "smb_model_building", optim.smb, {"learning_rate": 0.5},
+        (("learning_rate", -0.1), ("eta", 0.0), ("c", -0.1), ("gamma", 1.5), ("beta", 0.0),
+         ("max_learning_rate", 0.0), ("steps_per_epoch", 0), ("autoschedule", 1)),
+        extra_args=("value", "value_fn"), needs_params=True,
+        skip={"gradient_accumulation_with_multisteps":
+                  "SMB's trial-point loss and gradient come from value_fn of the last "
+                  "micro-batch, not from the batch of the averaged gradient: accumulation is "
+                  "ill-defined for it"}),
+    # XGrad: the battery differentiates at params, so these rows check the wrapped optimizers'
+    # mechanics; tests/optim/test_xgrad.py checks the gradient at the predicted weights. MultiSteps
+    # is not skipped: the prediction theta + s * u_t reads only the state, which MultiSteps keeps
+    # between emitted steps, so every micro-batch gradient is taken at the same predicted weights.
+    Row("xgrad_sgd", "xgrad_weight_prediction", optim.xgrad_sgd,
+        {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+        (("learning_rate", -0.1), ("momentum", 1.0), ("dampening", -0.1), ("weight_decay", -1.0),
+         ("prediction_steps", -1.0), ("prediction_steps", float("nan"))),
+        needs_params=True),
+    Row("xgrad_adamw_wd_mask", "xgrad_weight_prediction", optim.xgrad_adamw,
+        {"learning_rate": 0.05, "weight_decay": 1e-3, "weight_decay_mask": matrices_only},
+        (("b1", 1.0), ("b2", -0.1), ("eps", -1e-8), ("weight_decay", -1.0)),
+        needs_params=True, atol=1e-5),  # b2 = 0.999, as AdamP
+    # TRP wraps its base optimizer (its nuclear term enters before the momentum, its truncation
+    # moves the weights), so the row builds it around SGD + momentum. The mask targets the conv
+    # kernel (the default skips the first conv, the only one here). Truncating that kernel to its
+    # 0.9-energy rank every other step keeps it off its full-rank quadratic target: ratio 0.033
+    # after 300 steps (2.7e-7 with energy 0.9999).
+    Row("trp_sgd", "trained_rank_pruning",
+        lambda learning_rate, strength, energy_threshold, *, period, decomposition="nc", mask=None:
+        optim.trained_rank_pruning(optax.sgd(learning_rate, momentum=0.9), strength,
+                                   energy_threshold, period=period, decomposition=decomposition,
+                                   mask=mask),
+        {"learning_rate": 0.05, "strength": 1e-3, "energy_threshold": 0.9},
+        (("strength", -1.0), ("energy_threshold", 1.0), ("energy_threshold", 0.0), ("period", 0),
+         ("decomposition", "nd")),
+        static={"period": 2, "mask": lambda params: jax.tree.map(lambda p: p.ndim == 4, params)},
+        needs_params=True, quadratic_ratio=0.05),
+    Row("mask_sparsity_sgd", "mask_sparsity", optim.mask_sparsity,
+        {"learning_rate": 0.05, "strength": 1e-3}, (("strength", -1.0), ("penalty", "l0")),
+        static={"mask": {"dense": {"kernel": False, "bias": np.array([True, False, True])},
+                         "wide": False, "conv": False, "scan": False}},
+        base="sgd_momentum", needs_params=True),
+    # PSGD (XMat, LRA): the Newton rows fit P to the Hessian-vector products the battery builds
+    # from each step's loss (H v of the step's own batch, paired under MultiSteps with the averaged
+    # gradient: a valid one-batch curvature sample, as PSGD's criterion E[h^T P h + v^T P^-1 v]
+    # never pairs h with the gradient, so the check is kept). The linear losses have H = 0: no
+    # initial scale can be set, P stays I. The LRA row is in the whitening form (a Newton LRA row
+    # cost ~2 s more CPU to compile); tests/optim/test_psgd.py checks all four forms' math.
+    Row("psgd_newton_xmat", "psgd_lie_group", optim.psgd, {"learning_rate": 0.5},
+        (("learning_rate", -1.0), ("b1", 1.0), ("preconditioner_lr", 1.5),
+         ("preconditioner_lr", -0.1), ("preconditioner_update_probability", 1.5),
+         ("preconditioner_init_scale", 0.0), ("weight_decay", -1e-4),
+         ("preconditioner", "kron"), ("preconditioner_type", "fisher"), ("rank", -1)),
+        extra_args=("Hvp",), needs_params=True),
+    Row("psgd_whitening_xmat", "psgd_lie_group", optim.psgd,
+        {"learning_rate": 0.05, "preconditioner_type": "whitening"},
+        (("learning_rate", -1.0), ("b1", -0.1), ("step_normalizer", "3rd")), needs_params=True),
+    Row("psgd_whitening_lra_wd_mask", "psgd_lie_group", optim.psgd,
+        {"learning_rate": 0.05, "preconditioner": "lra", "preconditioner_type": "whitening",
+         "rank": 4, "weight_decay": 1e-4, "weight_decay_mask": matrices_only},
+        (("rank", 2.5), ("weight_decay", -1.0)), needs_params=True),
+    # μP's per-leaf learning rates (MuAdam), after Adam's normalization: matrix-like leaves (two
+    # infinite axes) get lr / width_mult = lr / 2, the others lr.
+    Row("mup_adam", "mup_feature_learning", jnn.scale_by_mup, {"learning_rate": 0.05},
+        (("base_shapes", {}), ("optimizer", "lion")),
+        static={"optimizer": "adam", "base_shapes": {
+            "dense": {"kernel": jnn.BaseShape((2, None)), "bias": jnn.BaseShape((None,))},
+            "wide": {"kernel": jnn.BaseShape((1, 3))},
+            "conv": {"kernel": jnn.BaseShape((None, None, 1, 1))},
+            "scan": {"kernel": jnn.BaseShape((None, None, 2))}}},
+        base="adam_float32", before_base=False, atol=1e-5),
+    # ASGO and DASGO rescale every matrix update to RMS 0.2 (official code): fixed-size steps of
+    # 0.2 lr per entry, small enough at lr 0.05 for the quadratic to end below 1e-4 of its start
+    # (no looser ratio needed). A small weight decay: the official 0.1 would move the quadratic's
+    # optimum towards 0. One row for the slug (a matrix rule's row costs ~3 s of CPU): DASGO
+    # shares the transform's machinery; tests/optim/test_asgo.py checks its math, the eigh root,
+    # the sum, zero and rank-one gradients on every layout.
+    Row("asgo_wd_mask", "asgo", optim.asgo,
+        {"learning_rate": 0.05, "weight_decay": 1e-3, "weight_decay_mask": matrices_only},
+        (("learning_rate", -1e-3), ("momentum", 1.0), ("beta2", -0.1), ("eps", -1.0),
+         ("weight_decay", -0.1), ("ns_steps", 0), ("accumulate", "mean"),
+         ("inverse_root", "svd"), ("fallback", "adam")), needs_params=True),
+    # Fira: rank 2 fits the smallest matrix (the wide 2 x 6 kernel); gap 5 refreshes the
+    # projector inside the convergence runs. (GaLore, residual=False: tests/optim/test_fira.py.)
+    Row("fira_wd_mask", "fira", optim.fira,
+        {"learning_rate": 0.05, "rank": 2, "update_proj_gap": 5, "weight_decay": 1e-3,
+         "weight_decay_mask": matrices_only},
+        (("learning_rate", -1e-3), ("b1", 1.0), ("b2", -0.1), ("eps", -1e-8), ("alpha", 0.0),
+         ("weight_decay", -1e-4), ("rank", 0), ("rank", 1.5), ("update_proj_gap", 0),
+         ("side", "left"), ("residual", "yes"), ("fallback", "adam")),
+        needs_params=True, atol=1e-5),  # b2 = 0.999, as AdamP
+    # BTT's per-core learning rates go through the shared per-leaf transform (a prefix tree here).
+    Row("btt_per_leaf_adam", "btt_structured_layers", optim.scale_by_per_leaf,
+        {"learning_rate": 0.05}, (("multipliers", {"dense": -1.0}), ("multipliers", {})),
+        static={"multipliers": {"dense": {"kernel": 2.0, "bias": 1.0}, "wide": 0.5, "conv": 1.5,
+                                "scan": 0.75}},
+        base="adam_float32", before_base=False, atol=1e-5),
+    # AdaGO's orthogonalized steps decay through the accumulated clipped gradient norms
+    # (AdaGrad-Norm: alpha_t ~ lr min(|g_t|, gamma) / v_t), so no schedule is needed; but their
+    # sum grows only like 2 lr sqrt(t): at lr 0.05, 300 steps move a matrix by ~1.7 in spectral
+    # norm, short of the quadratic's targets (ratio 0.26). lr 0.5 reaches 1e-4.
+    Row("adago_wd_mask", "adago", optim.adago,
+        {"learning_rate": 0.5, "weight_decay": 1e-3, "weight_decay_mask": matrices_only},
+        (("learning_rate", -1e-3), ("momentum", 1.0), ("gamma", 0.0), ("eps", -1e-4),
+         ("v0", 0.0), ("weight_decay", -0.1), ("ns_steps", 0), ("fallback", "adamw")),
+        needs_params=True),
+    # The trust-region method with momentum: fixed-length steps, so a decaying learning rate.
+    Row("lmo_momentum_muon", "non_euclidean_trust_region_momentum",
+        decaying(optim.lmo_momentum), {"learning_rate": 0.05},
+        (("alpha", 0.0), ("alpha", 1.5), ("weight_decay", -1.0), ("norm", "l1"),
+         ("order", "nesterov"), ("ns_steps", 0), ("radius", -1.0), ("fallback", "adam")),
+        needs_params=True),
+    # Orthogonal-SGDM order, l2 (whole tree) and the constrained form: a radius-20 ball holds the
+    # quadratic's optimum (norm ~8); the mask keeps the vectors out of the shrinkage.
+    Row("lmo_momentum_l2_orthogonalize_first_constrained", "non_euclidean_trust_region_momentum",
+        decaying(optim.lmo_momentum),
+        {"learning_rate": 0.1, "norm": "l2", "order": "orthogonalize_first", "radius": 20.0,
+         "weight_decay_mask": matrices_only}, needs_params=True),
     # Add new optimizers above this line
 )
 
@@ -501,26 +647,14 @@ def logistic_loss_and_accuracy(params) -> tuple[float, float]:
 # The compiled programs of one row, and their cached results.
 
 
-@functools.cache
-def _compiler_options() -> dict[str, Any] | None:
-  """XLA:CPU options that compile these tiny programs ~5x faster: LLVM -O0, the classic emitters,
-  one codegen thread (None on another backend, or on an XLA without these options)."""
-  options = {
-      "xla_backend_optimization_level": 0,
-      "xla_cpu_use_fusion_emitters": False,
-      "xla_cpu_parallel_codegen_split_count": 1,
-  }
-  if jax.default_backend() != "cpu":
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=options)(1.0)
-  except Exception:  # pylint: disable=broad-except  # the message names the missing option
-    return None
-  return options
+def _jit(fn, donate_argnums=()):
+  """Compiled with XLA:CPU's fast-compile options (`jaxlearn._compile.fast_jit`)."""
+  return fast_jit(fn, donate_argnums=donate_argnums)
 
 
-def _jit(fn):
-  return jax.jit(fn, compiler_options=_compiler_options())
+def _copies(tree: PyTree) -> PyTree:
+  """New buffers with the values of `tree`, to donate while `tree` itself stays valid."""
+  return jax.tree.map(jnp.copy, tree)
 
 
 class RowRun:
@@ -578,7 +712,8 @@ class RowRun:
 
   @functools.cached_property
   def plain_step(self):
-    """`(lr, params, state, grads, problem) -> (params, state, updates)`, lr traced."""
+    """`(lr, params, state, grads, problem) -> (params, state, updates)`, lr traced; params and
+    state are donated, as in a training loop."""
 
     def step(learning_rate, params, state, grads, problem):
       self.plain_traces += 1  # runs only while tracing
@@ -586,31 +721,39 @@ class RowRun:
       updates, state = self.optimizer(learning_rate).update(grads, state, params, **extras)
       return optax.apply_updates(params, updates), state, updates
 
-    return _jit(step)
+    return _jit(step, donate_argnums=(1, 2))
 
-  def run(self, problems_in_order, start="plain_1", lr_index=MIDDLE):
-    """(params, state, updates) after each step, from the initial state named `start`."""
+  def run(self, problems_in_order, start="plain_1", lr_index=MIDDLE, keep_all=True):
+    """(params, state, updates) after each step (only the last without `keep_all`), from the
+    initial state named `start`.
+
+    The step donates params and state, so it gets copies of those that must outlive it: the
+    cached start, and with `keep_all` every step's outputs.
+    """
     params = logistic_data()[2] if start == "logistic" else normal_tree(0)
-    state = self.initial_states[start]
+    params, state = _copies((params, self.initial_states[start]))
     learning_rate = jnp.float32(self.learning_rates[lr_index])
     outputs = []
     for problem in problems_in_order:
       grads = gradient_at(params, problem)
       needed = problem if self.row.extra_args else None  # fewer arguments to pass 600 times
+      if keep_all and outputs:
+        params, state = _copies((params, state))
       params, state, updates = self.plain_step(learning_rate, params, state, grads, needed)
-      outputs.append((params, state, updates))
+      outputs = outputs + [(params, state, updates)] if keep_all else [(params, state, updates)]
     return outputs
 
   @functools.cached_property
   def quadratic(self) -> tuple[float, float]:
     """The quadratic loss at the start and after `steps` steps."""
-    final = self.run([problems()["quadratic"]] * self.row.steps)[-1][0]
+    final = self.run([problems()["quadratic"]] * self.row.steps, keep_all=False)[-1][0]
     return quadratic_loss(normal_tree(0)), quadratic_loss(final)
 
   @functools.cached_property
   def logistic(self) -> tuple[tuple[float, float], tuple[float, float]]:
     """(loss, accuracy) of the logistic regression at the start and after `steps` steps."""
-    final = self.run([problems()["logistic"]] * self.row.steps, start="logistic")[-1][0]
+    final = self.run([problems()["logistic"]] * self.row.steps, start="logistic",
+                     keep_all=False)[-1][0]
     return logistic_loss_and_accuracy(logistic_data()[2]), logistic_loss_and_accuracy(final)
 
   @functools.cached_property
@@ -781,6 +924,24 @@ def test_no_recompilation_after_the_first_step(run):
   run.sequences  # pylint: disable=pointless-statement  # 9 steps, from three fresh states
   run.special_gradients  # pylint: disable=pointless-statement
   assert run.plain_traces == 1
+
+
+def test_init_state_can_be_donated_with_the_params(run):
+  """`init` copies what it keeps of the params, and puts no array into the state twice.
+
+  Every plain step donates params and state, as training loops do; a state that holds a
+  parameter array itself (`init` returned it, e.g. through `jnp.asarray` of the same dtype), or
+  one array in two places, makes such a step fail with "Attempt to donate the same buffer twice".
+  Checked on the traced `init` (running it eagerly would compile op by op): an output that is an
+  input, or one value (variable or literal) output twice, is that case.
+  """
+  traced = jax.make_jaxpr(build(run.row).init)(normal_tree(0)).jaxpr
+  seen, shared = {id(v) for v in traced.invars}, []
+  for index, leaf in enumerate(traced.outvars):
+    if id(leaf) in seen:
+      shared.append(index)
+    seen.add(id(leaf))
+  assert not shared, f"state leaves {shared} are parameter arrays or repeated; copy them"
 
 
 def test_unknown_extra_arguments_are_ignored(run):

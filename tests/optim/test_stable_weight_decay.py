@@ -62,8 +62,7 @@ def test_own_second_moment_equals_reading_the_inner_state():
   adam = optax.scale_by_adam()
   own = optax.chain(optim.with_stable_weight_decay(adam, 0.5), optax.scale_by_learning_rate(0.01))
   shared = optax.chain(
-      optim.with_stable_weight_decay(
-          adam, 0.5, second_moment=lambda s: optim.adam_second_moment(s, 0.999)),
+      optim.with_stable_weight_decay(adam, 0.5, inner_nu=lambda s: s.nu),
       optax.scale_by_learning_rate(0.01))
   got_own, own_state = run_optimizer(own, params, grads)
   got_shared, shared_state = run_optimizer(shared, params, grads)

@@ -1,0 +1,123 @@
+"""The bytes each elementwise optimizer's compiled step moves, against the ideal (XLA's count).
+
+An elementwise optimizer step is memory-bound: ideally it reads the params, the gradients and
+each state buffer once, and writes the params and each state buffer once: for float32,
+`12 + 8 * (state buffers)` bytes per parameter. XLA's cost analysis of the compiled step
+(params and state donated, update and apply in one program) counts the bytes its kernels access:
+deterministic, so a change that adds a pass over the parameters (a materialized product, a
+copy of a donated buffer, a reduction folded back into a second full pass) fails here, while the
+timings stay in `experiments/bench_optimizers.py`.
+
+Each row gives its ideal as data and its bound: 1.5x the ideal, or, where XLA:CPU needs more
+passes than one per buffer (it has no multi-output fusion, so each output is its own kernel that
+re-reads its inputs, and each reduction is its own pass), the bytes those passes add, listed in
+the reason. XLA:CPU's fast-compile options give the same HLO, so the same count, several times
+faster.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxlearn import optim
+
+SHAPES = {"dense": (64, 256), "conv": (3, 3, 16, 32), "bias": (256,), "scale": (64,)}
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                "xla_cpu_parallel_codegen_split_count": 1}
+LR = 1e-3
+WITHIN_1_5X = "one pass per buffer, within 1.5x of the ideal"
+
+
+class Cost(NamedTuple):
+  make: Callable[[], optax.GradientTransformation]
+  ideal: float  # bytes per parameter: 12 + 8 per float32 state buffer
+  bound: float  # bytes per parameter the step may access
+  reason: str = WITHIN_1_5X
+
+
+ADAM_PASSES = "m (12) + v (12) + params reading p, m, v (16) = 40, one kernel per output"
+COSTS = {
+    "optax.adamw": Cost(lambda: optax.adamw(LR), 28, 42, ADAM_PASSES),
+    "adamp": Cost(lambda: optim.adamp(LR), 28, 73, (
+        "Adam's 40, the direction d written once (12: the per-channel w.d sum and the params "
+        "both read it) and the per-channel sums of the scale-invariance test and projection, "
+        "one pass each: g.w (8), |g|^2 (4), |w|^2 (4), w.d (8)")),
+    "sgdp": Cost(lambda: optim.sgdp(LR, momentum=0.9), 20, 49, (
+        "buffer (12), params (12) and the per-channel sums g.w (8), |g|^2 (4), |w|^2 (4), "
+        "w.b (8)")),
+    "pnm": Cost(lambda: optim.pnm(LR), 28, 42),
+    "adapnm": Cost(lambda: optim.adapnm(LR), 44, 69, (
+        "two momenta, v and max v (12 each, one kernel per output) and params reading p and "
+        "three state buffers (20) = 68")),
+    "ranger21": Cost(lambda: optim.ranger21(LR, 1000), 52, 150, (
+        "AdaPNM's 68; the reductions of AGC (unit norms of g and w), gradient centralization "
+        "(unit means) and normalization (mean, variance) with the clipped and centralized "
+        "gradient written for them, stable weight decay's mean of v; Lookahead's update "
+        "written for its conditional, whose synchronising branch (one step in k) XLA counts")),
+    "adams": Cost(lambda: optim.adams(LR), 28, 45, (
+        "Adam's 40 and the mean of v over all parameters (4), needed before any update")),
+    "lion": Cost(lambda: optim.lion(LR), 20, 30),
+    "grams": Cost(lambda: optim.grams(LR), 28, 45, (
+        "Adam's 40, and the update reads the gradient for its sign (4)")),
+    "gravity": Cost(lambda: optim.gravity(0.1), 20, 30),
+    "novograd": Cost(lambda: optim.novograd(LR), 20, 30),
+}
+
+
+def _tree():
+  rng = np.random.default_rng(0)
+  return {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in SHAPES.items()}
+
+
+def _bytes_per_param(optimizer, params) -> tuple[float, float]:
+  """(XLA's bytes accessed by the donated step, the ideal), per parameter."""
+  state = jax.eval_shape(optimizer.init, params)
+
+  def step(params, state, grads):
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+  compiled = jax.jit(step, donate_argnums=(0, 1), compiler_options=options).lower(
+      params, state, params).compile()
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  n = sum(p.size for p in jax.tree.leaves(params))
+  state_bytes = sum(np.prod(s.shape) * s.dtype.itemsize for s in jax.tree.leaves(state))
+  return analysis["bytes accessed"] / n, 12 + 2 * state_bytes / n
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the bounds are XLA:CPU's kernels")
+@pytest.mark.parametrize("name", list(COSTS))
+def test_step_accesses_at_most_its_bound(name):
+  cost = COSTS[name]
+  measured, ideal = _bytes_per_param(cost.make(), _tree())
+  assert ideal == pytest.approx(cost.ideal, rel=0.01)  # the state holds the buffers listed
+  assert cost.bound <= 1.5 * cost.ideal or cost.reason != WITHIN_1_5X  # a bound over 1.5x says why
+  assert measured <= cost.bound, (
+      f"{name}: {measured:.1f} bytes per parameter, {measured / ideal:.2f}x the ideal "
+      f"{ideal:.0f}; bound {cost.bound} ({cost.reason})")
+
+
+def _compiled_lines(optimizer, num_leaves: int) -> int:
+  params = {f"layer_{i}": {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros(4)}
+            for i in range(num_leaves // 2)}
+  state = jax.eval_shape(optimizer.init, params)
+  step = lambda p, s, g: optimizer.update(g, s, p)
+  options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+  compiled = jax.jit(step, compiler_options=options).lower(params, state, params).compile()
+  return len(compiled.as_text().splitlines())
+
+
+def test_compiled_step_grows_linearly_with_the_number_of_leaves():
+  """Stable weight decay's mean over every leaf once compiled to an N-term chain of scalar
+  additions that XLA fused into each of the N leaves' kernels: N² instructions (Ranger21 had not
+  finished compiling 1,000 leaves after 16 minutes). 4x the leaves: about 4x the program."""
+  optimizer = optim.adams(LR)
+  assert _compiled_lines(optimizer, 32) < 4 * _compiled_lines(optimizer, 8)  # was 5x
