@@ -54,6 +54,7 @@ import optax
 from jaxlearn import registry
 from jaxlearn.train import experiment_main, new_figure, save_result
 from jaxlearn.train.compare import required_arguments
+from jaxlearn._compile import fast_compile_options
 
 LEARNING_RATE = 1e-3
 NUM_ITERATIONS = 10_000  # for aliases that need a run length (Ranger21's schedule)
@@ -63,8 +64,6 @@ SWEEP_LIMIT_S = 120.0  # a compile predicted to take longer is skipped (and repo
 SLOW_STEP_S = 2.0  # a side slower than this per step is timed in fewer rounds
 # --quick compiles with XLA:CPU's fast-compile options (LLVM -O0, classic emitters, one codegen
 # thread; as the optimizer battery): several times faster, and the same HLO, so the same bytes.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                "xla_cpu_parallel_codegen_split_count": 1}
 
 # Where an optimizer's step cannot come within 1.5x of its ideal bytes on XLA:CPU: the passes it
 # needs beyond one per buffer (XLA:CPU has no multi-output fusion, so each output is its own
@@ -420,7 +419,7 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   np_params, np_grads = random_tree(shapes)
   grads = jax.tree.map(jnp.asarray, np_grads)
   rows, skipped = build_rows(quick)
-  options = FAST_COMPILE if quick and jax.default_backend() == "cpu" else None
+  options = fast_compile_options(quick)
 
   sides, jax_sides = {}, {}
   for row in rows:

@@ -26,10 +26,9 @@ import optax
 import pytest
 
 from jaxlearn import optim
+from jaxlearn._compile import fast_compile_options
 
 SHAPES = {"dense": (64, 256), "conv": (3, 3, 16, 32), "bias": (256,), "scale": (64,)}
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                "xla_cpu_parallel_codegen_split_count": 1}
 LR = 1e-3
 WITHIN_1_5X = "one pass per buffer, within 1.5x of the ideal"
 
@@ -83,7 +82,7 @@ def _bytes_per_param(optimizer, params) -> tuple[float, float]:
     updates, state = optimizer.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+  options = fast_compile_options()
   compiled = jax.jit(step, donate_argnums=(0, 1), compiler_options=options).lower(
       params, state, params).compile()
   analysis = compiled.cost_analysis()
@@ -110,7 +109,7 @@ def _compiled_lines(optimizer, num_leaves: int) -> int:
             for i in range(num_leaves // 2)}
   state = jax.eval_shape(optimizer.init, params)
   step = lambda p, s, g: optimizer.update(g, s, p)
-  options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+  options = fast_compile_options()
   compiled = jax.jit(step, compiler_options=options).lower(params, state, params).compile()
   return len(compiled.as_text().splitlines())
 
