@@ -56,6 +56,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_bool, check_positive_int
+from jaxlearn.nn._random import training_key
 
 __all__ = [
     "MaestroLinear",
@@ -329,17 +330,8 @@ class MaestroLinear(nnx.Module):
     return _apply(x, params, _keep(keep, self.inner), rank, key, self.dtype)
 
   def _key(self, rngs) -> jax.Array:
-    rngs = self.rngs if rngs is None else rngs
-    if isinstance(rngs, nnx.Rngs):
-      return rngs[self.rng_stream]()
-    if isinstance(rngs, nnx.RngStream):
-      return rngs()
-    if isinstance(rngs, jax.Array):
-      return rngs
-    raise ValueError(
-        f"MaestroLinear samples its ordered-dropout cut-off in training: pass rngs= (an nnx.Rngs "
-        f"with a '{self.rng_stream}' stream, an RngStream or a key) to the call or the "
-        f"constructor, or use deterministic=True / model.eval(); got {rngs!r}")
+    return training_key(self.rngs if rngs is None else rngs, self.rng_stream,
+                        "MaestroLinear samples its ordered-dropout cut-off in training")
 
 
 class LinenMaestroDense(linen.Module):

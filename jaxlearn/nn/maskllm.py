@@ -69,6 +69,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_positive, check_positive_int, check_range
+from jaxlearn.nn._random import training_key
 
 __all__ = [
     "maskllm_mask",
@@ -357,17 +358,8 @@ class MaskLLMLinear(nnx.Module):
                     scale=self.scale_multiplier, hard=self.hard, dtype=self.dtype)
 
   def _key(self, rngs) -> jax.Array:
-    rngs = self.rngs if rngs is None else rngs
-    if isinstance(rngs, nnx.Rngs):
-      return rngs[self.rng_stream]()
-    if isinstance(rngs, nnx.RngStream):
-      return rngs()
-    if isinstance(rngs, jax.Array):
-      return rngs
-    raise ValueError(
-        f"MaskLLMLinear samples Gumbel noise in training: pass rngs= (an nnx.Rngs with a "
-        f"'{self.rng_stream}' stream, an RngStream or a key) to the call or the constructor, or "
-        f"use deterministic=True / model.eval(); got {rngs!r}")
+    return training_key(self.rngs if rngs is None else rngs, self.rng_stream,
+                        "MaskLLMLinear samples Gumbel noise in training")
 
 
 class LinenMaskLLMDense(linen.Module):
