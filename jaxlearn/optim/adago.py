@@ -255,11 +255,8 @@ def adago(
         optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay,
                     mask=weight_decay_mask))
 
-  # Every leaf checked against its parameter, the fallback's too (optax's do not check).
-  tx = matrix.partition_matrices(
-      _common.alias(scale, learning_rate, weight_decay, weight_decay_mask),
-      matrix.fallback_optimizer(fallback, learning_rate, adamw), dimension_numbers)
-  return _common.with_params_check(tx, "adago")
+  return matrix.matrix_alias(scale, "adago", learning_rate, weight_decay, weight_decay_mask,
+                             fallback, adamw, dimension_numbers)
 
 
 RECORD = registry.record(

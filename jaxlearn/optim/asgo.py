@@ -348,11 +348,8 @@ def asgo(
   """
   scale = scale_by_asgo(momentum, beta2, eps, ns_steps=ns_steps, accumulate=accumulate,
                         inverse_root=inverse_root, dimension_numbers=dimension_numbers)
-  # Every leaf checked against its parameter, the fallback's too (optax's do not check).
-  tx = matrix.partition_matrices(
-      _common.alias(scale, learning_rate, weight_decay, weight_decay_mask),
-      matrix.fallback_optimizer(fallback, learning_rate, _official_adam), dimension_numbers)
-  return _common.with_params_check(tx, "asgo")
+  return matrix.matrix_alias(scale, "asgo", learning_rate, weight_decay, weight_decay_mask,
+                             fallback, _official_adam, dimension_numbers)
 
 
 def dasgo(
@@ -398,11 +395,8 @@ def dasgo(
   """
   scale = scale_by_dasgo(momentum, beta2, eps, accumulate=accumulate,
                          dimension_numbers=dimension_numbers)
-  # Every leaf checked against its parameter, the fallback's too (optax's do not check).
-  tx = matrix.partition_matrices(
-      _common.alias(scale, learning_rate, weight_decay, weight_decay_mask),
-      matrix.fallback_optimizer(fallback, learning_rate, _official_adam), dimension_numbers)
-  return _common.with_params_check(tx, "dasgo")
+  return matrix.matrix_alias(scale, "dasgo", learning_rate, weight_decay, weight_decay_mask,
+                             fallback, _official_adam, dimension_numbers)
 
 
 RECORD = registry.record(

@@ -41,6 +41,7 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 from jaxlearn import _checks
+from jaxlearn.optim import _common
 
 __all__ = [
     "MuonDimensionNumbers",
@@ -63,6 +64,7 @@ __all__ = [
     "polar_express_coefficients",
     "inverse_sqrt_newton_schulz",
     "fallback_optimizer",
+    "matrix_alias",
     "matrix_leaves",
     "replicated",
     "sharded_like",
@@ -594,6 +596,25 @@ def fallback_optimizer(
     return fallback(learning_rate)
   raise ValueError("fallback must be None, an optax GradientTransformation or a callable "
                    f"learning_rate -> GradientTransformation, got {fallback!r}")
+
+
+def matrix_alias(
+    scale: optax.GradientTransformation,
+    name: str,
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: optax.ScalarOrSchedule,
+    weight_decay_mask: Any,
+    fallback: Fallback,
+    default: Callable[[optax.ScalarOrSchedule], optax.GradientTransformation],
+    dimension_numbers: DimensionNumbers = None,
+) -> optax.GradientTransformationExtraArgs:
+  """A matrix rule's alias: `_common.alias` of `scale` on the matrix leaves, the fallback on
+  the others (`partition_matrices`), every leaf checked against its parameter (the fallback's
+  too: optax's optimizers do not check) under the alias's `name`."""
+  tx = partition_matrices(
+      _common.alias(scale, learning_rate, weight_decay, weight_decay_mask),
+      fallback_optimizer(fallback, learning_rate, default), dimension_numbers)
+  return _common.with_params_check(tx, name)
 
 
 def matrix_leaves(tree: Any, dimension_numbers: DimensionNumbers = None,
