@@ -61,6 +61,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlearn._checks import check_positive, check_positive_int, check_range
+from jaxlearn.nn._modes import RunningAverageMode
 
 __all__ = [
     "BatchChannelNorm",
@@ -286,7 +287,7 @@ def _batch_channel_norm(
   return y.astype(dtype), new_mean, new_var
 
 
-class BatchChannelNorm(nnx.Module):
+class BatchChannelNorm(RunningAverageMode):
   """Batch-Channel Normalization (arXiv:1903.10520) as an NNX layer.
 
   Parameters (`nnx.Param`, `param_dtype`): `bn_scale`, `bn_bias` of shape (C,) and `group_scale`,
@@ -358,13 +359,7 @@ class BatchChannelNorm(nnx.Module):
 
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
     """Normalizes `x` (N, ..., C); in training mode also updates the running statistics."""
-    if use_running_average is None:
-      use_running_average = self.use_running_average
-    if use_running_average is None:
-      raise ValueError(
-          "BatchChannelNorm needs `use_running_average`: pass it to the constructor or the call,"
-          " or use model.train() / model.eval()"
-      )
+    use_running_average = self.running_average_mode(use_running_average)
     y, mean, var = batch_channel_normalize(
         x,
         running_mean=self.mean[...],
@@ -384,15 +379,6 @@ class BatchChannelNorm(nnx.Module):
       self.mean[...] = mean.astype(jnp.float32)
       self.var[...] = var.astype(jnp.float32)
     return y
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook of `nnx.view`: sets the mode.
-
-    Args:
-      use_running_average: evaluation mode if True, training mode if False.
-    """
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
 
 class LinenBatchChannelNorm(linen.Module):

@@ -82,6 +82,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_choice, check_positive, check_positive_int, check_range
+from jaxlearn.nn._modes import RunningAverageMode
 
 __all__ = [
     "matrix_sqrt",
@@ -472,7 +473,7 @@ def _zca(x, running_mean, running_subspace, scale, bias, momentum, epsilon, *,
   return y.astype(dtype), new_mean.reshape(-1), new_subspace
 
 
-class ZCABatchNorm(nnx.Module):
+class ZCABatchNorm(RunningAverageMode):
   """Decorrelated (ZCA whitening) batch normalization by `matrix_inverse_sqrt`, an NNX layer.
 
   See `zca_batch_normalize` for the math. Parameters (`param_dtype`): `scale` (C,), drawn
@@ -525,11 +526,7 @@ class ZCABatchNorm(nnx.Module):
 
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
     """Whitens `x` (N, ..., C); in training mode also updates the running statistics."""
-    if use_running_average is None:
-      use_running_average = self.use_running_average
-    if use_running_average is None:
-      raise ValueError("ZCABatchNorm needs `use_running_average`: pass it to the constructor or "
-                       "the call, or use model.train() / model.eval()")
+    use_running_average = self.running_average_mode(use_running_average)
     _check_zca_input(x, self.num_features)
     y, mean, subspace = zca_batch_normalize(
         x, running_mean=self.mean[...], running_subspace=self.subspace[...],
@@ -540,15 +537,6 @@ class ZCABatchNorm(nnx.Module):
       self.mean[...] = mean.astype(jnp.float32)
       self.subspace[...] = subspace.astype(jnp.float32)
     return y
-
-  def set_view(self, use_running_average: bool | None = None):
-    """Hook of `nnx.view`: sets the mode.
-
-    Args:
-      use_running_average: evaluation mode if True, training mode if False.
-    """
-    if use_running_average is not None:
-      self.use_running_average = use_running_average
 
 
 class LinenZCABatchNorm(linen.Module):
