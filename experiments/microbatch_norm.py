@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import Dataset, load_digits
+from jaxlearn.experiments._digits_cnn import PatchConv
 from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.nn import linen as jnn_linen
 from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result
@@ -49,36 +50,6 @@ CLAIMED = [f"{norm}_ws_b{b}" for b in MICRO_BATCHES for norm in ("gn", "bcn")]
 TOLERANCE = 0.01  # "match": at most 1 point below the large-batch BN reference
 
 
-def _patches(x: jax.Array, stride: int) -> jax.Array:
-  """3x3 patches of NHWC `x` (zero padding 1) flattened in HWIO order: (N, H', W', 9 * C)."""
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  rows = stride * (-(-x.shape[1] // stride) - 1) + 1  # span of the output rows in `padded`
-  cols = stride * (-(-x.shape[2] // stride) - 1) + 1
-  windows = [
-      padded[:, i : i + rows : stride, j : j + cols : stride] for i in range(3) for j in range(3)
-  ]
-  return jnp.concatenate(windows, axis=-1)
-
-
-class PatchConv(linen.Module):
-  """A 3x3 convolution (zero padding 1) computed as patches times a (weight-standardized) Dense.
-
-  This is exactly a convolution whose HWIO kernel is stored flattened to (3 * 3 * in, out), and WS
-  over the Dense fan-in is exactly `WSConv`'s standardization. It exists for speed only: `fit`
-  vmaps over runs, and XLA:CPU turns a convolution vmapped over kernels into a very slow grouped
-  convolution, while a vmapped Dense is a batched matmul.
-  """
-
-  features: int
-  strides: int
-  weight_standardization: bool
-
-  @linen.compact
-  def __call__(self, x):
-    dense = jnn_linen.WSDense if self.weight_standardization else linen.Dense
-    return dense(self.features, use_bias=False)(_patches(x, self.strides))
-
-
 class SmallCNN(linen.Module):
   """conv-norm-relu for each of `convs` (three by default), global average pooling, dense."""
 
@@ -91,7 +62,8 @@ class SmallCNN(linen.Module):
   @linen.compact
   def __call__(self, x, train: bool):
     for channels, stride in self.convs:
-      x = PatchConv(channels, stride, self.weight_standardization)(x)
+      dense = jnn_linen.WSDense if self.weight_standardization else linen.Dense
+      x = PatchConv(channels, stride, dense)(x)
       if self.norm == "bn":
         x = linen.BatchNorm(use_running_average=not train, momentum=self.momentum)(x)
       elif self.norm == "gn":
