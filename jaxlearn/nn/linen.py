@@ -19,6 +19,43 @@ from jaxlearn.nn.autosparse import LinenAutoSparseDense as AutoSparseDense
 from jaxlearn.nn.mup import LinenMuReadout as MuReadout
 from jaxlearn.nn.snnk import LinenSNNKDense as SNNKDense
 from jaxlearn.nn.qlae import LinenLatentQuantizer as LatentQuantizer
+from jaxlearn.nn.alpha_bn import LinenAlphaBatchNorm as AlphaBatchNorm
+from jaxlearn.nn.adab2n import LinenAdaB2N as AdaB2N
+from jaxlearn.nn.region_norm import LinenRegionNormB as RegionNormB, LinenRegionNormL as RegionNormL
+from jaxlearn.nn.msgnorm import LinenGENConv as GENConv
+from jaxlearn.nn.pcnorm import LinenPCNorm as PCNorm, LinenSCNorm as SCNorm
+from jaxlearn.nn.online_norm import LinenOnlineNorm as OnlineNorm
+from jaxlearn.nn.unified_norm import LinenUnifiedNorm as UnifiedNorm
+from jaxlearn.nn.weight_norm import (
+    LinenWNConv as WNConv,
+    LinenWNDense as WNDense,
+    linen_wn_init_from_batch as wn_init_from_batch,
+)
+from jaxlearn.nn.batch_norm import LinenBatchNorm as BatchNorm
+from jaxlearn.nn.layer_norm import (
+    LinenLayerNorm as LayerNorm,
+    LinenLNGRU as LNGRU,
+    LinenLNLSTM as LNLSTM,
+)
+
+from jaxlearn.nn.selu import LinenAlphaDropout as AlphaDropout
+from jaxlearn.nn.evonorm import LinenEvoNormB0 as EvoNormB0, LinenEvoNormS0 as EvoNormS0
+from jaxlearn.nn.nf_resnet import (
+    LinenNFResidualBlock as NFResidualBlock,
+    LinenScaledWSConv as ScaledWSConv,
+    LinenScaledWSDense as ScaledWSDense,
+)
+from jaxlearn.nn.powernorm import LinenPowerNorm as PowerNorm
+from jaxlearn.nn.spectral_norm import LinenSNConv as SNConv, LinenSNDense as SNDense
+from jaxlearn.nn.ghost_batch_norm import LinenGhostBatchNorm as GhostBatchNorm
+from jaxlearn.nn.ibn_net import (
+    LinenIBN as IBN,
+    LinenIBNResNet as IBNResNet,
+)
+from jaxlearn.nn.mix_ln import (
+    LinenMixLNBlock as MixLNBlock,
+    LinenMixLNTransformer as MixLNTransformer,
+)
 
 __all__ = [
     "WSConv",
@@ -37,4 +74,34 @@ __all__ = [
     "MuReadout",
     "SNNKDense",
     "LatentQuantizer",
+    "AlphaBatchNorm",
+    "AdaB2N",
+    "RegionNormB",
+    "RegionNormL",
+    "WNDense",
+    "WNConv",
+    "wn_init_from_batch",
+    "GENConv",
+    "OnlineNorm",
+    "UnifiedNorm",
+    "BatchNorm",
+    "LayerNorm",
+    "LNGRU",
+    "LNLSTM",
+    "AlphaDropout",
+    "EvoNormB0",
+    "EvoNormS0",
+    "NFResidualBlock",
+    "ScaledWSConv",
+    "ScaledWSDense",
+    "PowerNorm",
+    "SNDense",
+    "SNConv",
+    "GhostBatchNorm",
+    "IBN",
+    "IBNResNet",
+    "MixLNBlock",
+    "MixLNTransformer",
+    "PCNorm",
+    "SCNorm",
 ]
