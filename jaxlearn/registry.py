@@ -204,7 +204,12 @@ def _derive(declared: _Declared, module: Any) -> Method:
   exported = getattr(module, "__all__", None)
   if exported is None:
     raise TypeError(f"{module.__name__} has a RECORD but no __all__ to derive its symbols from")
-  symbols = tuple(_public_path(module, name) for name in exported) + declared.also
+  derived = tuple(_public_path(module, name) for name in exported)
+  repeated = [symbol for symbol in declared.also if symbol in derived]
+  if repeated:
+    raise TypeError(f"{module.__name__}'s RECORD lists {repeated} in also=, but its __all__ "
+                    "already exports them (also= is for symbols that live elsewhere)")
+  symbols = derived + declared.also
   source_modules = [module.__name__]
   for symbol in declared.also:
     source = inspect.getmodule(resolve(symbol))
