@@ -451,11 +451,13 @@ class IBNBasicBlock(nnx.Module):
     rngs: random streams for the convolution kernels.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
     >>> from jaxlearn.nn.ibn_net import IBNBasicBlock
-    >>> block = IBNBasicBlock(4, 8, ibn="a", strides=2, rngs=nnx.Rngs(0))
-    >>> block(jnp.ones((2, 6, 6, 4))).shape
+    >>> def build_and_call(x):  # under jax.eval_shape: traced for the shapes, nothing runs
+    ...   block = IBNBasicBlock(4, 8, ibn="a", strides=2, rngs=nnx.Rngs(0))
+    ...   return block(x)
+    >>> jax.eval_shape(build_and_call, jnp.ones((2, 6, 6, 4))).shape
     (2, 3, 3, 8)
   """
 
@@ -536,7 +538,8 @@ class LinenIBNBasicBlock(linen.Module):
     >>> from jaxlearn.nn.ibn_net import LinenIBNBasicBlock
     >>> block = LinenIBNBasicBlock(8, ibn="b")
     >>> x = jnp.ones((2, 6, 6, 8))
-    >>> variables = block.init(jax.random.key(0), x, use_running_average=True)
+    >>> init = lambda key, x: block.init(key, x, use_running_average=True)
+    >>> variables = jax.eval_shape(init, jax.random.key(0), x)  # shapes only: nothing runs
     >>> sorted(variables["params"])
     ['conv1', 'conv2', 'instance_norm', 'norm1', 'norm2']
   """
@@ -613,12 +616,14 @@ class IBNResNet(nnx.Module):
     rngs: random streams for the kernels.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
     >>> from jaxlearn import nn as jnn
-    >>> net = jnn.IBNResNet(1, 10, stage_features=(4, 8), blocks_per_stage=(1, 1),
-    ...                     ibn_cfg=("a", None), rngs=nnx.Rngs(0))
-    >>> net(jnp.ones((2, 8, 8, 1))).shape
+    >>> def build_and_call(x):  # under jax.eval_shape: traced for the shapes, nothing runs
+    ...   net = jnn.IBNResNet(1, 10, stage_features=(4, 8), blocks_per_stage=(1, 1),
+    ...                       ibn_cfg=("a", None), rngs=nnx.Rngs(0))
+    ...   return net(x)
+    >>> jax.eval_shape(build_and_call, jnp.ones((2, 8, 8, 1))).shape
     (2, 10)
   """
 
@@ -705,8 +710,8 @@ class LinenIBNResNet(linen.Module):
     >>> net = jnn_linen.IBNResNet(10, stage_features=(4, 8), blocks_per_stage=(1, 1),
     ...                           ibn_cfg=("b", None))
     >>> x = jnp.ones((2, 8, 8, 1))
-    >>> variables = net.init(jax.random.key(0), x, use_running_average=True)
-    >>> net.apply(variables, x, use_running_average=True).shape
+    >>> forward = lambda key, x: net.init_with_output(key, x, use_running_average=True)[0]
+    >>> jax.eval_shape(forward, jax.random.key(0), x).shape  # shapes only: nothing runs
     (2, 10)
   """
 

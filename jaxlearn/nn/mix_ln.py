@@ -400,8 +400,8 @@ class LinenMixLNBlock(linen.Module):
     >>> from jaxlearn.nn import linen as jnn_linen
     >>> block = jnn_linen.MixLNBlock(2, 16)
     >>> x = jnp.ones((2, 5, 8))
-    >>> variables = block.init(jax.random.key(0), x)
-    >>> block.apply(variables, x).shape
+    >>> y, variables = jax.jit(block.init_with_output)(jax.random.key(0), x)
+    >>> y.shape
     (2, 5, 8)
   """
 
@@ -511,7 +511,7 @@ class LinenMixLNTransformer(linen.Module):
     >>> from jaxlearn.nn import linen as jnn_linen
     >>> model = jnn_linen.MixLNTransformer(4, 2, 16, post_fraction=0.5)
     >>> x = jnp.ones((2, 5, 8))
-    >>> variables = model.init(jax.random.key(0), x)
+    >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)  # shapes only: nothing runs
     >>> variables["params"]["query"].shape
     (4, 8, 8)
   """
