@@ -33,7 +33,7 @@ import optax
 from jaxlearn.data import load_digits
 from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.nn import linen as jnn_linen
-from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result
+from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result, stateful_classifier
 
 HIDDEN = (100, 100, 100)
 LEARNING_RATES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -59,27 +59,6 @@ class SigmoidMLP(linen.Module):
     return linen.Dense(self.num_classes)(x)
 
 
-def _model_fns(model: SigmoidMLP, num_inputs: int):
-  def init(key):
-    variables = model.init(key, jnp.zeros((1, num_inputs)), train=False)
-    return variables["params"], variables.get("batch_stats", {})
-
-  def loss_fn(params, stats, x, y):
-    logits, updates = model.apply({"params": params, "batch_stats": stats}, x, train=True,
-                                  mutable=["batch_stats"])
-    loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, updates.get("batch_stats", stats)
-
-  def eval_fn(params, stats, x, y):
-    logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
-    return {
-        "loss": optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
-    }
-
-  return init, loss_fn, eval_fn
-
-
 def _steps_to_target(steps: np.ndarray, accuracy: np.ndarray) -> float | None:
   reached = np.nonzero(accuracy >= TARGET)[0]
   return int(steps[reached[0]]) if reached.size else None
@@ -96,7 +75,8 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   start = time.perf_counter()
   results, curves = {}, {}
   for name, batch_norm in (("plain", False), ("bn", True)):
-    init, loss_fn, eval_fn = _model_fns(SigmoidMLP(hidden, batch_norm), data.x_train.shape[1])
+    init, loss_fn, eval_fn = stateful_classifier(
+        SigmoidMLP(hidden, batch_norm), jnp.zeros((1, data.x_train.shape[1])))
     result = fit(
         loss_fn, init, lambda learning_rate: optax.sgd(learning_rate), data, steps=steps,
         eval_every=eval_every, batch_size=BATCH_SIZE, configs=grid(learning_rate=learning_rates),

@@ -34,7 +34,7 @@ from jaxlearn.data import load_mnist1d
 from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.nn import adapt_regime, sqrt_batch_lr_scaling
 from jaxlearn.nn import linen as jnn_linen
-from jaxlearn.train import experiment_main, fit, new_figure, save_result
+from jaxlearn.train import experiment_main, fit, new_figure, save_result, stateful_classifier
 
 SMALL, LARGE, GHOST = 64, 1024, 64
 BASE_LR = 0.1
@@ -57,25 +57,6 @@ class MLP(linen.Module):
                                    momentum=MOMENTUM_BN)(x, use_running_average=not train)
       x = linen.relu(x)
     return linen.Dense(10)(x)
-
-
-def _model_fns(model: MLP, features: int):
-  def init(key):
-    variables = model.init(key, jnp.zeros((SMALL, features)), train=False)
-    return variables["params"], variables["batch_stats"]
-
-  def loss_fn(params, stats, x, y):
-    logits, updates = model.apply({"params": params, "batch_stats": stats}, x, train=True,
-                                  mutable=["batch_stats"])
-    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (
-        updates["batch_stats"])
-
-  def eval_fn(params, stats, x, y):
-    logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
-    return {"loss": optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
-
-  return init, loss_fn, eval_fn
 
 
 def _optimizer(learning_rate):
@@ -108,7 +89,7 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   start = time.perf_counter()
   results, curves = {}, {}
   for name, (batch_size, ghost, lr, num_epochs) in variants.items():
-    init, loss_fn, eval_fn = _model_fns(MLP(ghost), data.x_train.shape[1])
+    init, loss_fn, eval_fn = stateful_classifier(MLP(ghost), jnp.zeros((SMALL, data.x_train.shape[1])))
     steps = max(1, num_epochs * n_train // batch_size)
     num_evals = 1 if quick else 5
     eval_every = max(1, steps // num_evals)

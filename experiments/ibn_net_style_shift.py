@@ -33,7 +33,7 @@ import optax
 from jaxlearn.data import load_digits
 from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.nn import linen as jnn_linen
-from jaxlearn.train import experiment_main, fit, new_figure, save_result
+from jaxlearn.train import experiment_main, fit, new_figure, save_result, stateful_classifier
 
 STAGES, BLOCKS = (8, 16, 32), (2, 2, 2)
 MODELS = {"bn": (None, None, None), "ibn_a": ("a", "a", None), "ibn_b": ("b", "b", None)}
@@ -53,25 +53,6 @@ def shift(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
   if kind == "inversion":
     return 1.0 - x
   return x
-
-
-def _model_fns(model, input_shape):
-  def init(key):
-    variables = model.init(key, jnp.zeros((2, *input_shape)), use_running_average=True)
-    return variables["params"], variables["batch_stats"]
-
-  def loss_fn(params, stats, x, y):
-    logits, updates = model.apply({"params": params, "batch_stats": stats}, x,
-                                  use_running_average=False, mutable=["batch_stats"])
-    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (
-        updates["batch_stats"])
-
-  def eval_fn(params, stats, x, y):
-    logits = model.apply({"params": params, "batch_stats": stats}, x, use_running_average=True)
-    return {"loss": optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
-
-  return init, loss_fn, eval_fn
 
 
 @fast_compile_when_quick
@@ -94,7 +75,9 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   for name, cfg in models.items():
     model = jnn_linen.IBNResNet(data.num_classes, stage_features=stages, blocks_per_stage=blocks,
                                 ibn_cfg=cfg)
-    init, loss_fn, eval_fn = _model_fns(model, data.x_train.shape[1:])
+    init, loss_fn, eval_fn = stateful_classifier(
+        model, jnp.zeros((2, *data.x_train.shape[1:])),
+        train_kwargs={"use_running_average": False}, eval_kwargs={"use_running_average": True})
     make_optimizer = lambda: optax.adam(1e-3)  # noqa: E731  (one object: fit reuses its program)
     evaluate = jax.jit(lambda params, stats, x: eval_fn(params, stats, x, data.y_test)["accuracy"])
     per_seed = []

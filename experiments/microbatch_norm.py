@@ -33,7 +33,7 @@ from jaxlearn.data import Dataset, load_digits
 from jaxlearn.experiments._digits_cnn import PatchConv
 from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.nn import linen as jnn_linen
-from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result
+from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result, stateful_classifier
 
 CONVS = ((16, 1), (32, 2), (32, 1))  # (channels, stride)
 NUM_GROUPS = 8
@@ -76,30 +76,6 @@ class SmallCNN(linen.Module):
     return linen.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
-def _model_fns(model: SmallCNN, input_shape):
-  """`fit`'s stateful init/loss/eval functions for `model`."""
-
-  def init(key):
-    variables = model.init(key, jnp.zeros((1, *input_shape)), train=False)
-    return variables["params"], variables.get("batch_stats", {})
-
-  def loss_fn(params, stats, x, y):
-    logits, updates = model.apply(
-        {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
-    )
-    loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, updates.get("batch_stats", stats)
-
-  def eval_fn(params, stats, x, y):
-    logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
-    return {
-        "loss": optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
-    }
-
-  return init, loss_fn, eval_fn
-
-
 def _split_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
   """The training split minus a validation part, which becomes the returned set's test split."""
   order = np.random.default_rng(seed).permutation(len(data.x_train))
@@ -128,7 +104,7 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   results, curves = {}, {}
   for name, (norm, ws, batch_size) in variants.items():
     model = SmallCNN(norm, ws, momentum=1.0 - batch_size / EMA_IMAGES, convs=convs)
-    init, loss_fn, eval_fn = _model_fns(model, data.x_train.shape[1:])
+    init, loss_fn, eval_fn = stateful_classifier(model, jnp.zeros((1, *data.x_train.shape[1:])))
     steps_per_epoch = n_train // batch_size
     eval_every = steps_per_epoch * epochs // num_evals
     result = fit(

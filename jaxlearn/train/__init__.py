@@ -5,7 +5,7 @@ Submodules for scale: `jaxlearn.train.sweep` (`sweep.sweep(...)`: hyperparameter
 `jaxlearn.train.step` defines the `training_step` protocol (`TrainingStep`, `gradient_step`).
 """
 
-from jaxlearn.train.loop import FitResult, RunState, classifier, fit, grid
+from jaxlearn.train.loop import FitResult, RunState, classifier, fit, grid, stateful_classifier
 from jaxlearn.train.models import MLP, mlp
 from jaxlearn.train.progress import progress_bar
 from jaxlearn.train.results import experiment_main, experiment_parser, new_figure, save_result
@@ -20,6 +20,7 @@ __all__ = [
     "classifier",
     "fit",
     "grid",
+    "stateful_classifier",
     "MLP",
     "mlp",
     "progress_bar",

@@ -43,7 +43,9 @@ from jaxlearn.train import step as step_lib
 from jaxlearn.train.checkpoint import Checkpointer
 from jaxlearn.train.progress import progress_bar
 
-__all__ = ["SAMPLINGS", "FitResult", "RunState", "classifier", "fit", "grid"]
+__all__ = [
+    "SAMPLINGS", "FitResult", "RunState", "classifier", "fit", "grid", "stateful_classifier",
+]
 
 PyTree = Any
 
@@ -487,3 +489,65 @@ def classifier(
     }
 
   return loss_fn, eval_fn
+
+
+def stateful_classifier(
+    model: Any,
+    example_input: jax.Array,
+    *,
+    train_kwargs: Mapping[str, Any] | None = None,
+    eval_kwargs: Mapping[str, Any] | None = None,
+    loss: Callable[[jax.Array, jax.Array], jax.Array] = (
+        optax.losses.softmax_cross_entropy_with_integer_labels
+    ),
+) -> tuple[Callable, Callable, Callable]:
+  """`(init_params, loss_fn, eval_fn)` for `fit(..., has_state=True)` from a Linen classifier
+  whose training updates variables besides its parameters (BatchNorm's `batch_stats`).
+
+  The model state is every collection but ``"params"``. In training the model is applied as
+  `model.apply(variables, x, **train_kwargs)` with those collections mutable (their new values
+  are the new state); in evaluation with `**eval_kwargs`; `init_params` initializes it on
+  `example_input` with `**eval_kwargs`. `loss(logits, labels)` gives per-example losses
+  (default: softmax cross-entropy); `eval_fn` reports 'loss' and 'accuracy'.
+
+  Args:
+    model: a Linen module returning logits.
+    example_input: an input batch of the right shape (its values are not used by most layers).
+    train_kwargs: the keyword arguments of a training call (default ``{"train": True}``).
+    eval_kwargs: those of an evaluation call (default ``{"train": False}``).
+    loss: the per-example loss.
+
+  Example:
+    >>> import flax.linen as linen, jax, jax.numpy as jnp
+    >>> from jaxlearn.train import stateful_classifier
+    >>> class Net(linen.Module):
+    ...   @linen.compact
+    ...   def __call__(self, x, train):
+    ...     x = linen.BatchNorm(use_running_average=not train)(linen.Dense(8)(x))
+    ...     return linen.Dense(3)(x)
+    >>> init, loss_fn, eval_fn = stateful_classifier(Net(), jnp.zeros((2, 4)))
+    >>> params, state = jax.jit(init)(jax.random.key(0))
+    >>> x, y = jnp.ones((5, 4)), jnp.zeros(5, jnp.int32)
+    >>> value, new_state = jax.jit(loss_fn)(params, state, x, y)
+    >>> sorted(new_state), sorted(jax.jit(eval_fn)(params, new_state, x, y))
+    (['batch_stats'], ['accuracy', 'loss'])
+  """
+  train_kwargs = {"train": True} if train_kwargs is None else dict(train_kwargs)
+  eval_kwargs = {"train": False} if eval_kwargs is None else dict(eval_kwargs)
+
+  def init_params(key):
+    variables = dict(model.init(key, example_input, **eval_kwargs))
+    return variables.pop("params"), variables
+
+  def loss_fn(params, state, x, y):
+    if not state:  # nothing to update
+      return jnp.mean(loss(model.apply({"params": params}, x, **train_kwargs), y)), state
+    logits, updates = model.apply({"params": params, **state}, x, **train_kwargs,
+                                  mutable=list(state))
+    return jnp.mean(loss(logits, y)), {**state, **updates}
+
+  def eval_fn(params, state, x, y):
+    logits = model.apply({"params": params, **state}, x, **eval_kwargs)
+    return {"loss": jnp.mean(loss(logits, y)), "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+
+  return init_params, loss_fn, eval_fn
