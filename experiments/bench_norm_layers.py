@@ -16,7 +16,7 @@ Normalization) see the same numbers as a (batch, tokens, channels) sequence, whi
 layers the same. Kernel reparametrizations (weight norm, spectral norm, scaled weight
 standardization) are convolutions, not normalizers of activations: their rows include the 3x3
 convolution, and `flax.nnx.Conv` on the same input is their baseline (also in the table). Layers
-that need a second input get a fixed one (a region mask, task ids, a graph). A layer that is not
+that need a second input get a fixed one (a region mask, task ids). A layer that is not
 in this installation is listed as skipped. Block builders and cells (Mix-LN's transformer
 blocks, GENConv with MsgNorm, the IBN and NF residual blocks, the LN-GRU/LSTM) are not
 normalizers of an activation map and are not timed here. Unified Normalization's evaluation
