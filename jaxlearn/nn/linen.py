@@ -37,7 +37,6 @@ from jaxlearn.nn.layer_norm import (
     LinenLNGRU as LNGRU,
     LinenLNLSTM as LNLSTM,
 )
-
 from jaxlearn.nn.selu import LinenAlphaDropout as AlphaDropout
 from jaxlearn.nn.evonorm import LinenEvoNormB0 as EvoNormB0, LinenEvoNormS0 as EvoNormS0
 from jaxlearn.nn.nf_resnet import (
