@@ -59,7 +59,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_positive, check_positive_int
-from jaxlearn.nn.weight_norm import _check_inputs, _conv, _conv_config, _dense, _tuple
+from jaxlearn.nn._conv import _check_inputs, _conv, _conv_config, _dense, _tuple
 from jaxlearn.nn._modes import RunningAverageMode
 
 __all__ = [
