@@ -6,6 +6,8 @@ Compiling takes far longer than a smoke run's few training steps, so:
   optimizations mostly off (JAX's `jax_disable_most_optimizations`, meant for programs that run
   too briefly to repay optimizing them: several times faster to compile on CPU; the same
   programs, their floats may differ in the last bits);
+- `validation_split` holds out part of the training split for tuning (shared, not a helper per
+  experiment);
 - `one_of` / `fit_each` / `compare_in_one_program` train K optimizers as ONE compiled program
   instead of K: a transformation holds every optimizer's state, computes every update and keeps
   the one that a traced index selects, so the optimizer becomes one more vmapped hyperparameter.
@@ -24,10 +26,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxlearn.data import Dataset
 from jaxlearn.train import FitResult, fit, grid
 from jaxlearn.train.compare import Entry, summarize
 
 MakeOptimizer = Callable[..., optax.GradientTransformation]
+
+
+def validation_split(data: Dataset, fraction: float, seed: int) -> Dataset:
+  """The training split minus a random `fraction` (``int(n * fraction)`` examples, drawn with
+  `seed`), which becomes the returned set's test split: what experiments tune on, keeping the
+  real test split for the final report."""
+  order = np.random.default_rng(seed).permutation(len(data.x_train))
+  n_val = int(len(order) * fraction)
+  val, train = order[:n_val], order[n_val:]
+  return Dataset(data.x_train[train], data.y_train[train], data.x_train[val],
+                 data.y_train[val], data.num_classes)
 
 
 def fast_compile_when_quick(run: Callable[..., dict]) -> Callable[..., dict]:

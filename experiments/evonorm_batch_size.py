@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlearn.data import Dataset, load_digits
-from jaxlearn.experiments._shared import fast_compile_when_quick
+from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick, validation_split
 from jaxlearn.nn import linen as jnn_linen
 from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result
 
@@ -88,18 +88,10 @@ class SmallCNN(linen.Module):
     return linen.Dense(10)(x.mean(axis=(1, 2)))
 
 
-def _split_validation(data: Dataset, seed: int) -> Dataset:
-  """The training split minus 20% for validation, which becomes the returned test split."""
-  order = np.random.default_rng(seed).permutation(len(data.x_train))
-  val, train = order[: len(order) // 5], order[len(order) // 5:]
-  return Dataset(data.x_train[train], data.y_train[train], data.x_train[val], data.y_train[val],
-                 data.num_classes)
-
-
 @fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(flat=False, seed=seed)
-  tuning = _split_validation(data, seed)
+  tuning = validation_split(data, 0.2, seed)
   convs = CONVS[:1] if quick else CONVS
   if quick:
     tuning = tuning._replace(x_train=tuning.x_train[:128], y_train=tuning.y_train[:128])

@@ -27,8 +27,8 @@ import numpy as np
 import optax
 
 from jaxlearn import optim
-from jaxlearn.data import Dataset, load_mnist1d
-from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each
+from jaxlearn.data import load_mnist1d
+from jaxlearn.experiments._shared import fast_compile_when_quick, fit_each, validation_split
 from jaxlearn.train import classifier, experiment_main, fit, grid, mlp, new_figure, save_result
 
 ADAMW_WEIGHT_DECAY = 0.01
@@ -53,19 +53,10 @@ def _state_bytes(make, params) -> int:
   return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state) if x.ndim > 0)
 
 
-def _split_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
-  """The training split minus a validation part, which becomes the returned set's test split."""
-  order = np.random.default_rng(seed).permutation(len(data.x_train))
-  n_val = int(len(order) * fraction)
-  val, train = order[:n_val], order[n_val:]
-  return Dataset(data.x_train[train], data.y_train[train], data.x_train[val],
-                 data.y_train[val], data.num_classes)
-
-
 @fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_mnist1d(seed=seed, num_samples=1000 if quick else 5000)
-  tuning = _split_validation(data, 0.2, seed)
+  tuning = validation_split(data, 0.2, seed)
   init_params, apply_fn = mlp((40,), (128, 128), data.num_classes)
   loss_fn, eval_fn = classifier(apply_fn)
   epochs = 2 if quick else 24

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlearn.data import Dataset, load_digits
+from jaxlearn.data import load_digits
 from jaxlearn.experiments._digits_cnn import PatchConv
-from jaxlearn.experiments._shared import fast_compile_when_quick
+from jaxlearn.experiments._shared import fast_compile_when_quick, validation_split
 from jaxlearn.nn import linen as jnn_linen
 from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result, stateful_classifier
 
@@ -76,19 +76,10 @@ class SmallCNN(linen.Module):
     return linen.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
-def _split_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
-  """The training split minus a validation part, which becomes the returned set's test split."""
-  order = np.random.default_rng(seed).permutation(len(data.x_train))
-  n_val = int(len(order) * fraction)
-  val, train = order[:n_val], order[n_val:]
-  return Dataset(data.x_train[train], data.y_train[train], data.x_train[val],
-                 data.y_train[val], data.num_classes)
-
-
 @fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(flat=False, seed=seed)
-  tuning = _split_validation(data, 0.2, seed)
+  tuning = validation_split(data, 0.2, seed)
   convs = CONVS[:1] if quick else CONVS  # smoke run: one convolution, an epoch of 128 images
   if quick:
     tuning = tuning._replace(x_train=tuning.x_train[:128], y_train=tuning.y_train[:128])

@@ -40,7 +40,7 @@ import optax
 
 from jaxlearn import nn as jnn
 from jaxlearn.data import Dataset, load_digits
-from jaxlearn.experiments._shared import fast_compile_when_quick
+from jaxlearn.experiments._shared import fast_compile_when_quick, validation_split
 from jaxlearn.nn import linen as jnn_linen
 from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result
 
@@ -87,14 +87,6 @@ def _standardize(data: Dataset) -> Dataset:
   return data._replace(x_train=(data.x_train - mean) / std, x_test=(data.x_test - mean) / std)
 
 
-def _split_validation(data: Dataset, seed: int) -> Dataset:
-  """The training split minus 20% for validation, which becomes the returned test split."""
-  order = np.random.default_rng(seed).permutation(len(data.x_train))
-  val, train = order[: len(order) // 5], order[len(order) // 5:]
-  return Dataset(data.x_train[train], data.y_train[train], data.x_train[val], data.y_train[val],
-                 data.num_classes)
-
-
 def _spp(outputs):
   """(average channel squared mean, average channel variance) of every block's output."""
   pairs = [jnn.signal_metrics(o) for o in outputs]
@@ -104,7 +96,7 @@ def _spp(outputs):
 @fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = _standardize(load_digits(flat=True, seed=seed))
-  tuning = _split_validation(data, seed)
+  tuning = validation_split(data, 0.2, seed)
   depth = 2 if quick else DEPTH
   steps, eval_every = (10, 10) if quick else (900, 300)
   lrs = LRS[1:2] if quick else LRS

@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlearn.data import Dataset, load_digits
+from jaxlearn.data import load_digits
 from jaxlearn import nn as jnn
 from jaxlearn.experiments._digits_cnn import patches
-from jaxlearn.experiments._shared import fast_compile_when_quick
+from jaxlearn.experiments._shared import fast_compile_when_quick, validation_split
 from jaxlearn.nn import linen as jnn_linen
 from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result
 
@@ -187,15 +187,6 @@ def _optimizer(learning_rate, backward_stats: bool) -> optax.GradientTransformat
                                lambda tree: {k: k for k in tree})
 
 
-def _split_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
-  """The training split minus a validation part, which becomes the returned set's test split."""
-  order = np.random.default_rng(seed).permutation(len(data.x_train))
-  n_val = int(len(order) * fraction)
-  val, train = order[:n_val], order[n_val:]
-  return Dataset(data.x_train[train], data.y_train[train], data.x_train[val],
-                 data.y_train[val], data.num_classes)
-
-
 def _train(name, variant, batch_size, data, tuning, *, convs, epochs, min_steps, base_lrs,
            seeds):
   steps = max(len(tuning.x_train) // batch_size * epochs, min_steps)
@@ -223,7 +214,7 @@ def _train(name, variant, batch_size, data, tuning, *, convs, epochs, min_steps,
 @fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(flat=False, seed=seed)
-  tuning = _split_validation(data, 0.2, seed)
+  tuning = validation_split(data, 0.2, seed)
   convs = CONVS[:1] if quick else CONVS
   if quick:
     tuning = tuning._replace(x_train=tuning.x_train[:64], y_train=tuning.y_train[:64])

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlearn.data import Dataset, load_digits
-from jaxlearn.experiments._shared import fast_compile_when_quick
+from jaxlearn.data import load_digits
+from jaxlearn.experiments._shared import fast_compile_when_quick, validation_split
 from jaxlearn.nn import apply_backward_stats_to_variables
 from jaxlearn.nn import linen as jnn_linen
 from jaxlearn.train import experiment_main, new_figure, save_result
@@ -63,14 +63,6 @@ class MLP(linen.Module):
         x = linen.LayerNorm()(x)
       x = linen.relu(x)
     return linen.Dense(10)(x)
-
-
-def _split_validation(data: Dataset, fraction: float, seed: int) -> Dataset:
-  order = np.random.default_rng(seed).permutation(len(data.x_train))
-  n_val = int(len(order) * fraction)
-  val, train = order[:n_val], order[n_val:]
-  return Dataset(data.x_train[train], data.y_train[train], data.x_train[val],
-                 data.y_train[val], data.num_classes)
 
 
 def _train(model, batch_size, tuning, test, *, epochs, base_lrs, seeds, num_evals):
@@ -141,7 +133,7 @@ def _train(model, batch_size, tuning, test, *, epochs, base_lrs, seeds, num_eval
 @fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = load_digits(flat=True, seed=seed)
-  tuning = _split_validation(data, 0.2, seed)
+  tuning = validation_split(data, 0.2, seed)
   if quick:
     tuning = tuning._replace(x_train=tuning.x_train[:64], y_train=tuning.y_train[:64])
   epochs = 1 if quick else 3

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from jaxlearn.data import Dataset, load_digits
-from jaxlearn.experiments._shared import fast_compile_when_quick
+from jaxlearn.experiments._shared import fast_compile_when_quick, validation_split
 from jaxlearn.train import experiment_main, fit, grid, new_figure, save_result
 
 DEPTH, WIDTH = 32, 64
@@ -77,14 +77,6 @@ def _standardize(data: Dataset) -> Dataset:
   return data._replace(x_train=(data.x_train - mean) / std, x_test=(data.x_test - mean) / std)
 
 
-def _split_validation(data: Dataset, seed: int) -> Dataset:
-  """The training split minus 20% for validation, which becomes the returned test split."""
-  order = np.random.default_rng(seed).permutation(len(data.x_train))
-  val, train = order[: len(order) // 5], order[len(order) // 5:]
-  return Dataset(data.x_train[train], data.y_train[train], data.x_train[val], data.y_train[val],
-                 data.num_classes)
-
-
 def _layer_stats(hidden):
   """(means, variances) of every layer's post-activation values, pooled over samples and units."""
   hidden = [np.asarray(h, np.float64) for h in hidden]
@@ -94,7 +86,7 @@ def _layer_stats(hidden):
 @fast_compile_when_quick
 def run(quick: bool, out: Path, seed: int) -> dict:
   data = _standardize(load_digits(flat=True, seed=seed))
-  tuning = _split_validation(data, seed)
+  tuning = validation_split(data, 0.2, seed)
   depth = 2 if quick else DEPTH
   steps, eval_every = (10, 10) if quick else (900, 300)
   lrs = LRS[1:2] if quick else LRS
