@@ -1,8 +1,8 @@
-"""`jaxlearn.data`: MNIST-1D, modular arithmetic and the stochastic block model.
+"""`jaxlearn.data`: MNIST-1D, modular arithmetic, the stochastic block model and label noise.
 
 Each loader is checked for determinism under its seed, shapes, dtypes and label ranges; the
-modular labels are recomputed with Python integers and the graph's edge densities are compared
-with the block probabilities.
+modular labels are recomputed with Python integers, the graph's edge densities are compared
+with the block probabilities, and label noise is checked for its exact rate and uniform new labels.
 """
 
 import random
@@ -17,6 +17,7 @@ from jaxlearn.data import (
     modular_arithmetic,
     one_hot_pairs,
     stochastic_block_model,
+    symmetric_label_noise,
 )
 
 
@@ -247,3 +248,28 @@ def test_sbm_mask_sizes_never_exceed_the_nodes():
 def test_sbm_rejects_bad_arguments(kwargs, name):
   with pytest.raises(ValueError, match=name):
     stochastic_block_model(**kwargs)
+
+
+def test_symmetric_label_noise_corrupts_exactly_the_chosen_fraction_uniformly():
+  labels = np.arange(5000) % 4
+  noisy, is_noisy = symmetric_label_noise(labels, 0.3, num_classes=4, seed=1)
+  assert noisy.dtype == np.int32 and is_noisy.sum() == 1500
+  np.testing.assert_array_equal(noisy != labels, is_noisy)  # a corrupted label always changes
+  # The new label is uniform over the 3 other classes: each offset about a third of the time.
+  offsets = (noisy[is_noisy] - labels[is_noisy]) % 4
+  np.testing.assert_allclose(np.bincount(offsets, minlength=4)[1:] / 1500, 1 / 3, atol=0.04)
+  again, _ = symmetric_label_noise(labels, 0.3, num_classes=4, seed=1)
+  np.testing.assert_array_equal(noisy, again)
+  unchanged, none = symmetric_label_noise(labels, 0.0, num_classes=4, seed=1)
+  assert not none.any() and np.array_equal(unchanged, labels)
+
+
+def test_symmetric_label_noise_rejects_bad_arguments():
+  labels = np.arange(10) % 2
+  for rate in (-0.1, 1.5, float("nan")):
+    with pytest.raises(ValueError, match="rate"):
+      symmetric_label_noise(labels, rate, num_classes=2, seed=0)
+  with pytest.raises(ValueError, match="num_classes"):
+    symmetric_label_noise(labels, 0.1, num_classes=1, seed=0)
+  with pytest.raises(ValueError, match="labels must be in"):
+    symmetric_label_noise(labels + 1, 0.1, num_classes=2, seed=0)
