@@ -93,6 +93,14 @@ EXTRA_PASSES = {
         "is written for its conditional (a temporary buffer, page-faulted at every step; XLA's "
         "count includes the synchronising branch, which runs one step in five). Its time is "
         "mostly compute: the softplus denominator's exp and log1p per element"),
+    "jaxlearn.optim.xgrad_adam": (
+        "Adam's m and v (12 each), the direction m/(sqrt(v)+eps) written once (12) and read by "
+        "two kernels, the stored update -lr*d (8) and the params (12) = 56: the update is an "
+        "output of its own (the prediction needs it next step), so it is one more kernel"),
+    "jaxlearn.optim.xgrad_adamw": (
+        "xgrad_adam's 56 and a copy of the donated params (8: the stored update reads p for "
+        "the decoupled decay, and XLA:CPU's copy insertion copies p before the parameter "
+        "kernel overwrites it in place) = 68"),
 }
 
 

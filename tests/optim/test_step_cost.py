@@ -66,6 +66,13 @@ COSTS = {
         "Adam's 40, and the update reads the gradient for its sign (4)")),
     "gravity": Cost(lambda: optim.gravity(0.1), 20, 30),
     "novograd": Cost(lambda: optim.novograd(LR), 20, 30),
+    "xgrad_sgd": Cost(lambda: optim.xgrad_sgd(LR), 28, 42),
+    "xgrad_adam": Cost(lambda: optim.xgrad_adam(LR), 36, 57, (
+        "Adam's m and v (12 each), the direction written once (12), the stored update (8) and "
+        "the params (12): the update is an output of its own, one more kernel")),
+    "xgrad_adamw": Cost(lambda: optim.xgrad_adamw(LR), 36, 69, (
+        "xgrad_adam's 56 and a copy of the donated params (8): the stored update reads p for "
+        "the decoupled decay, the parameter kernel overwrites p in place")),
 }
 
 
