@@ -28,7 +28,7 @@ import optax
 
 from jaxlearn import local
 from jaxlearn.data import load_digits
-from jaxlearn.diagnostics import compiled_memory
+from jaxlearn.experiments import _local_bench
 from jaxlearn.experiments._shared import fast_compile_when_quick
 from jaxlearn.train import classifier, experiment_main, fit, mlp, new_figure, save_result
 
@@ -70,36 +70,20 @@ def step_temp_bytes(
     depth: int, width: int, batch_size: int, num_inputs: int = 64, block_by_block: bool = True
 ) -> dict:
   """Compiled-step temporary memory (bytes) of BP, FF (joint grad) and FF (block by block, unless
-  `block_by_block` is False)."""
-  key = jax.random.PRNGKey(0)
-  x = jnp.zeros((batch_size, num_inputs), jnp.float32)
-  y = jnp.zeros((batch_size,), jnp.int32)
+  `block_by_block` is False), measured with the family's shared helper (`_local_bench`)."""
   optimizer = optax.adam(1e-3)
   hidden = [width] * depth
-
-  bp_init, bp_apply = mlp((num_inputs,), hidden, 10)
-  bp_loss, _ = classifier(bp_apply)
-
-  def bp_step(params, opt_state, x, y):
-    grads = jax.grad(bp_loss)(params, x, y)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  # Abstract (shape-only) arguments: lowering needs no real parameters.
-  bp_params = jax.eval_shape(bp_init, key)
-  bp_opt_state = jax.eval_shape(optimizer.init, bp_params)
-  result = {"backprop": compiled_memory(bp_step, bp_params, bp_opt_state, x, y).temp_bytes}
-
+  steps = {"backprop": _local_bench.mlp_backprop_step(
+      depth, width, batch_size, num_inputs, 10, optimizer)}
   rule = local.ForwardForward(10)
   model = local.LocalModel.mlp(hidden, kernel_init=FF_KERNEL_INIT)
-  batch = {"x": x, "y": y}
-  state = jax.eval_shape(lambda k: local.init_train_state(model, rule, optimizer, k, batch), key)
-  for name, sequential in (("ff_joint", False), ("ff_sequential", True)):
-    if sequential and not block_by_block:
-      continue
-    step = local.local_train_step(model, rule, optimizer, sequential=sequential)
-    result[name] = compiled_memory(step, state, batch, key).temp_bytes
-  return result
+  batch = {"x": jax.ShapeDtypeStruct((batch_size, num_inputs), jnp.float32),
+           "y": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  forms = ("joint", "sequential") if block_by_block else ("joint",)
+  steps.update(_local_bench.local_steps(model, rule, optimizer, batch, jax.random.PRNGKey(0),
+                                        prefix="ff", forms=forms))
+  return {name: _local_bench.step_cost(step, *args)["temp_bytes"]
+          for name, (step, args) in steps.items()}
 
 
 @fast_compile_when_quick

@@ -30,12 +30,45 @@ blocks (ForwardGNN's top-down variant); such rules set `uses_all_outputs = True`
 
 Optax integration: one optimizer over the whole `LocalParams` pytree (gradients are already
 block-local), or one optimizer per block through
-`optax.partition(transforms, block_labels(params))`.
+`optax.partition(transforms, block_labels(params))`, or `per_block_optimizer(optimizer)`: an
+independent copy of `optimizer` (own state, own step count) per block, per head and for the
+shared group, which the schedules below need.
+
+Extensions (each used by at least one rule of the family):
+
+  * **Forward-only rules.** A rule with `forward_only = True` estimates its gradients itself:
+    `estimate_grads(model, params, rule_state, batch, key) -> (grads, block_losses, outputs)`
+    replaces `jax.grad` in `local_train_step`, which then takes no derivative at all (a
+    likelihood-ratio estimator, a black-box physical layer). The tests prove it with a sentinel
+    block whose differentiation raises.
+  * **Rule state from the parameters.** `init_state(key, outputs, batch, params)` receives the
+    initialized `LocalParams` (EMA copies of the next block, auxiliary networks built from its
+    structure). Rules written against the older `init_state(key, outputs, batch)` still work.
+  * **Shared parameters.** `LocalParams.shared` holds parameters that several blocks' objectives
+    use (a class-embedding matrix), created by `init_shared(key, batch)` and visible to every
+    hook as `ctx.shared`. Treatment: block k's objective may send gradient to block k, head k
+    and the shared group, and to nothing else; the shared group's gradient is the sum of the
+    block objectives' gradients with respect to it. A block's *input* is still stopped, so a
+    shared parameter never carries gradient from one block to another block's parameters.
+  * **Greedy schedules.** `step(state, batch, key, active)` trains only the blocks whose entry of
+    the traced (num_blocks,) mask `active` is true: the other blocks' (and heads') parameters and
+    optimizer states stay exactly as they are (requires `per_block_optimizer`), so one compiled
+    step serves every phase. `greedy_train` trains one block at a time with per-block early
+    stopping on a validation metric and restores each block's best parameters (ForwardGNN's
+    layer-wise schedule).
+  * **Inner steps.** `local_train_step(..., inner_steps=n)` takes n updates per batch. Joint: the
+    whole step n times. With `sequential=True`: block k takes its n updates, then its updated
+    output feeds block k+1 (the physical Forward-Forward schedule; requires
+    `per_block_optimizer`).
+  * **Any batch pytree.** A batch is any pytree that the rule's hooks read (a graph's features,
+    adjacency, masks and labels go through the same step); only `fit_functions` assumes
+    `{'x', 'y'}`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as linen
@@ -61,6 +94,10 @@ __all__ = [
     "LocalContext",
     "LocalParams",
     "LocalTrainState",
+    "per_block_optimizer",
+    "PerBlockState",
+    "greedy_train",
+    "GreedyLog",
 ]
 
 PyTree = Any
@@ -173,6 +210,9 @@ class LocalParams(NamedTuple):
     blocks: one parameter pytree per block (the forward computation).
     heads: one auxiliary pytree per block, trained only by that block's objective (None if the
       rule has no head for the block).
+    shared: parameters used by several blocks' objectives (`LocalRule.init_shared`; None if the
+      rule has none). Each block objective may send gradient here, and the shared gradient is
+      the sum over blocks.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -180,12 +220,13 @@ class LocalParams(NamedTuple):
     >>> model, rule = local.LocalModel.mlp([32, 32]), local.ForwardForward(num_classes=10)
     >>> batch = {"x": jnp.ones((8, 64)), "y": jnp.arange(8) % 10}
     >>> params, rule_state = model.init(jax.random.key(0), rule, batch)
-    >>> len(params.blocks), params.heads  # Forward-Forward has no heads
-    (2, (None, None))
+    >>> len(params.blocks), params.heads, params.shared  # FF has no heads, nothing shared
+    (2, (None, None), None)
   """
 
   blocks: tuple[PyTree, ...]
   heads: tuple[PyTree, ...]
+  shared: PyTree = None
 
 
 class LocalContext(NamedTuple):
@@ -197,6 +238,7 @@ class LocalContext(NamedTuple):
     key: randomness for this step (rules fold in the block index for per-block noise).
     outputs: every block's output, stopped (None in sequential steps and while computing
       the outputs themselves).
+    shared: `LocalParams.shared` (differentiated: an objective that reads it trains it).
 
   Example:
     >>> import jax.numpy as jnp
@@ -210,6 +252,7 @@ class LocalContext(NamedTuple):
   state: PyTree
   key: jax.Array | None
   outputs: tuple[PyTree, ...] | None = None
+  shared: PyTree = None
 
 
 class LocalRule:
@@ -228,6 +271,8 @@ class LocalRule:
 
   #: True if `block_loss` reads `ctx.outputs` (other blocks' outputs, e.g. top-down signals).
   uses_all_outputs: bool = False
+  #: True if the rule computes its own gradients (`estimate_grads`): no derivative is taken.
+  forward_only: bool = False
 
   def prepare(self, ctx: LocalContext) -> PyTree:
     """The signal fed to the first block: by default `ctx.batch['x']`."""
@@ -247,10 +292,42 @@ class LocalRule:
     del index, key, output
     return None
 
-  def init_state(self, key: jax.Array, outputs: tuple[PyTree, ...], batch: PyTree) -> PyTree:
-    """The rule's non-trained state, from the blocks' example outputs."""
-    del key, outputs, batch
+  def init_shared(self, key: jax.Array, batch: PyTree) -> PyTree:
+    """Parameters shared by several blocks' objectives (`LocalParams.shared`; None: none)."""
+    del key, batch
+    return None
+
+  def init_state(
+      self,
+      key: jax.Array,
+      outputs: tuple[PyTree, ...],
+      batch: PyTree,
+      params: LocalParams | None = None,
+  ) -> PyTree:
+    """The rule's non-trained state, from the blocks' example outputs and initial parameters.
+
+    Overrides may leave out `params` (the older signature `init_state(key, outputs, batch)`).
+    """
+    del key, outputs, batch, params
     return ()
+
+  def estimate_grads(
+      self,
+      model: LocalModel,
+      params: LocalParams,
+      rule_state: PyTree,
+      batch: PyTree,
+      key: jax.Array | None,
+  ) -> tuple[LocalParams, jax.Array, tuple[PyTree, ...] | None]:
+    """Forward-only rules (`forward_only = True`): `(grads, block_losses, outputs)`.
+
+    `grads` has the structure of `params`; `block_losses` shape (num_blocks,) float32;
+    `outputs` every block's output (for `update_state`) or None. `local_train_step` calls it in
+    place of `jax.grad`, so no derivative of anything is taken.
+    """
+    raise NotImplementedError(
+        f"{type(self).__name__} sets forward_only but does not implement estimate_grads"
+    )
 
   def update_state(self, state: PyTree, params: LocalParams, ctx: LocalContext) -> PyTree:
     """The next rule state, from the parameters this step's objectives were computed with."""
@@ -296,9 +373,11 @@ class LocalModel:
     return cls(tuple(dense_block(w, activation, kernel_init=kernel_init) for w in widths))
 
   def init(self, key: jax.Array, rule: LocalRule, batch: PyTree) -> tuple[LocalParams, PyTree]:
-    """Initializes every block (in order, on the previous block's output), head and rule state."""
+    """Initializes every block (in order, on the previous block's output), head, the shared
+    parameters and the rule state (`ctx.state` is None meanwhile)."""
     block_key, head_key, state_key, ctx_key = jax.random.split(key, 4)
-    ctx = LocalContext(batch, None, ctx_key)
+    shared = rule.init_shared(jax.random.fold_in(ctx_key, 1), batch)
+    ctx = LocalContext(batch, None, ctx_key, shared=shared)
     signal = rule.prepare(ctx)
     blocks, heads, outputs = [], [], []
     for index, block in enumerate(self.blocks):
@@ -308,8 +387,12 @@ class LocalModel:
       blocks.append(params)
       heads.append(rule.init_head(index, jax.random.fold_in(head_key, index), signal))
       outputs.append(signal)
-    state = rule.init_state(state_key, tuple(outputs), batch)
-    return LocalParams(tuple(blocks), tuple(heads)), state
+    params = LocalParams(tuple(blocks), tuple(heads), shared)
+    if _accepts_params(rule.init_state):
+      state = rule.init_state(state_key, tuple(outputs), batch, params)
+    else:  # an override with the older signature
+      state = rule.init_state(state_key, tuple(outputs), batch)
+    return params, state
 
   def outputs(
       self,
@@ -339,6 +422,16 @@ class LocalModel:
     return tuple(outputs)
 
 
+def _accepts_params(fn: Callable) -> bool:
+  try:
+    parameters = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return True
+  return "params" in parameters or any(
+      p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters.values()
+  ) or len(parameters) >= 4
+
+
 def block_losses(
     model: LocalModel,
     rule: LocalRule,
@@ -365,7 +458,7 @@ def block_losses(
     >>> losses.shape  # one objective per block
     (2,)
   """
-  ctx = LocalContext(batch, rule_state, key)
+  ctx = LocalContext(batch, rule_state, key, shared=params.shared)
   outputs = model.outputs(params.blocks, rule, ctx, detach=detach)
   seen = tuple(jax.lax.stop_gradient(o) for o in outputs) if detach else outputs
   ctx = ctx._replace(outputs=seen)
@@ -411,26 +504,131 @@ def _sequential_grads(model, rule, params, rule_state, batch, key):
   The values equal those of `jax.grad(local_loss)`; the optimization barrier only fixes the
   order, so that no backend can keep several blocks' activations alive at once.
   """
-  ctx = LocalContext(batch, rule_state, key)
+  ctx = LocalContext(batch, rule_state, key, shared=params.shared)
   signal = rule.prepare(ctx)
   block_grads, head_grads, losses, outputs = [], [], [], []
+  shared_grads = None
   for index, block in enumerate(model.blocks):
-    inputs = rule.block_input(index, jax.lax.stop_gradient(signal), ctx)
+    stopped = jax.lax.stop_gradient(signal)
 
-    def objective(block_params, head_params, block=block, index=index, inputs=inputs):
-      output = block.apply(block_params, inputs)
-      return jnp.asarray(rule.block_loss(index, output, head_params, ctx), jnp.float32), output
+    def objective(block_params, head_params, shared, block=block, index=index, stopped=stopped):
+      local_ctx = ctx._replace(shared=shared)
+      output = block.apply(block_params, rule.block_input(index, stopped, local_ctx))
+      loss = rule.block_loss(index, output, head_params, local_ctx)
+      return jnp.asarray(loss, jnp.float32), output
 
-    (loss, output), grads = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
-        params.blocks[index], params.heads[index]
+    (loss, output), grads = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)(
+        params.blocks[index], params.heads[index], params.shared
     )
     signal, grads, loss = jax.lax.optimization_barrier((output, grads, loss))
     block_grads.append(grads[0])
     head_grads.append(grads[1])
+    shared_grads = grads[2] if shared_grads is None else jax.tree.map(
+        jnp.add, shared_grads, grads[2])
     losses.append(loss)
     outputs.append(signal)
-  grads = LocalParams(tuple(block_grads), tuple(head_grads))
+  grads = LocalParams(tuple(block_grads), tuple(head_grads), shared_grads)
   return grads, jnp.stack(losses), tuple(outputs)
+
+
+class PerBlockState(NamedTuple):
+  """The state of `per_block_optimizer`: one optimizer state per block, per head, and shared.
+
+  Example:
+    >>> from jaxlearn.local import PerBlockState
+    >>> PerBlockState._fields
+    ('blocks', 'heads', 'shared')
+  """
+
+  blocks: tuple[PyTree, ...]
+  heads: tuple[PyTree, ...]
+  shared: PyTree
+
+
+def per_block_optimizer(
+    optimizer: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  """An independent copy of `optimizer` for every block, every head and the shared group.
+
+  The same updates as `optimizer` over `LocalParams` for element-wise optimizers, but each
+  group's state (step count included) is its own, so `local_train_step`'s `active` mask and
+  sequential `inner_steps` can freeze a group's parameters *and* optimizer state exactly (a
+  block that starts training in a later greedy phase starts with fresh Adam moments and a step
+  count of 0, as a per-layer PyTorch optimizer does). Extra arguments (`value=`) reach every copy.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn import local
+    >>> model, rule = local.LocalModel.mlp([8, 8]), local.ForwardForward(num_classes=3)
+    >>> batch = {"x": jnp.ones((4, 6)), "y": jnp.arange(4) % 3}
+    >>> optimizer = local.per_block_optimizer(optax.adam(1e-2))
+    >>> state = local.init_train_state(model, rule, optimizer, jax.random.key(0), batch)
+    >>> step = local.local_train_step(model, rule, optimizer)
+    >>> new, _ = step(state, batch, jax.random.key(1), jnp.array([False, True]))  # block 1 only
+    >>> bool(jnp.all(new.params.blocks[0]["kernel"] == state.params.blocks[0]["kernel"]))
+    True
+  """
+  inner = optax.with_extra_args_support(optimizer)
+
+  def init(params: LocalParams) -> PerBlockState:
+    return PerBlockState(
+        tuple(inner.init(p) for p in params.blocks),
+        tuple(inner.init(p) for p in params.heads),
+        inner.init(params.shared),
+    )
+
+  def update(updates: LocalParams, state: PerBlockState, params=None, **extra_args):
+    if params is None:
+      params = LocalParams((None,) * len(updates.blocks), (None,) * len(updates.heads), None)
+    def group(u, s, p):  # groups without parameters (no head, nothing shared) are left alone
+      return inner.update(u, s, p, **extra_args) if jax.tree.leaves(u) else (u, s)
+
+    blocks = [group(u, s, p) for u, s, p in zip(updates.blocks, state.blocks, params.blocks)]
+    heads = [group(u, s, p) for u, s, p in zip(updates.heads, state.heads, params.heads)]
+    shared = group(updates.shared, state.shared, params.shared)
+    new_updates = LocalParams(tuple(b[0] for b in blocks), tuple(h[0] for h in heads), shared[0])
+    new_state = PerBlockState(tuple(b[1] for b in blocks), tuple(h[1] for h in heads), shared[1])
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _keep(flag, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
+
+
+def _apply_update(optimizer, grads, opt_state, params, value, active):
+  """One optimizer update; with `active`, inactive blocks (and heads) keep parameters and state."""
+  updates, new_opt_state = optimizer.update(grads, opt_state, params, value=value)
+  new_params = optax.apply_updates(params, updates)
+  if active is None:
+    return new_params, new_opt_state
+  if not isinstance(opt_state, PerBlockState):
+    raise ValueError(
+        "an `active` mask (greedy schedules) and sequential inner_steps > 1 need an optimizer "
+        "built with jaxlearn.local.per_block_optimizer(optimizer), whose state is a "
+        f"PerBlockState; got optimizer state {type(opt_state).__name__}"
+    )
+  flags = [active[k] for k in range(len(params.blocks))]
+  any_active = jnp.any(active)
+  new_params = LocalParams(
+      tuple(_keep(f, n, o) for f, n, o in zip(flags, new_params.blocks, params.blocks)),
+      tuple(_keep(f, n, o) for f, n, o in zip(flags, new_params.heads, params.heads)),
+      _keep(any_active, new_params.shared, params.shared),
+  )
+  new_opt_state = PerBlockState(
+      tuple(_keep(f, n, o) for f, n, o in zip(flags, new_opt_state.blocks, opt_state.blocks)),
+      tuple(_keep(f, n, o) for f, n, o in zip(flags, new_opt_state.heads, opt_state.heads)),
+      _keep(any_active, new_opt_state.shared, opt_state.shared),
+  )
+  return new_params, new_opt_state
+
+
+def _finite(tree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.isfinite(optax.tree.norm(tree))
 
 
 class LocalTrainState(NamedTuple):
@@ -478,24 +676,35 @@ def local_train_step(
     *,
     sequential: bool = False,
     detach: bool = True,
+    inner_steps: int = 1,
     jit: bool = True,
-) -> Callable[[LocalTrainState, PyTree, jax.Array], tuple[LocalTrainState, dict[str, jax.Array]]]:
-  """`step(state, batch, key) -> (state, metrics)`: one jitted layer-local update of all blocks.
+) -> Callable[..., tuple[LocalTrainState, dict[str, jax.Array]]]:
+  """`step(state, batch, key, active=None) -> (state, metrics)`: one jitted layer-local update.
 
   Args:
     model: the blocks.
-    rule: the layer-local rule.
+    rule: the layer-local rule. A `forward_only` rule's `estimate_grads` replaces `jax.grad`
+      (no derivative is taken anywhere in the step).
     optimizer: one optax transformation over all of `LocalParams` (see `block_labels` for
-      per-block optimizers). Extra arguments (`value=` the summed loss) are passed to it.
+      per-block optimizers, and `per_block_optimizer`, which `active` and sequential
+      `inner_steps` need). Extra arguments (`value=` the summed loss) are passed to it.
     sequential: compute each block's gradient before running the next block (same values; bounds
       the live activations to one block's whole-step worth on every backend). Not available to
-      rules with `uses_all_outputs`.
+      rules with `uses_all_outputs` or `forward_only`.
     detach: False trains the same objectives with end-to-end backprop (a reference, not FF).
+    inner_steps: updates per batch (static, >= 1; default 1). Joint step: the whole update
+      (including `update_state`) `inner_steps` times on the same batch and key. Sequential step:
+      block k takes `inner_steps` updates, then its output with the updated parameters feeds
+      block k+1, and `update_state` runs once at the end (with the parameters the step started
+      from and those outputs). Metrics report the first inner step's losses.
     jit: return the jitted step (the default) or the plain function (to lower or vmap it).
 
   Returns:
-    The step. Metrics: 'loss' (sum over blocks), 'block_losses' (per block), 'grads_finite'
-    (False if any gradient is NaN/Inf, so a diverging run cannot go unnoticed).
+    The step. `active` (optional, traced): a boolean (num_blocks,) mask; only blocks with a true
+    entry (and their heads) are updated, the others keep their parameters and optimizer state
+    exactly; the shared group is updated if any block is active. Metrics: 'loss' (sum over
+    blocks), 'block_losses' (per block), 'grads_finite' (False if any gradient is NaN/Inf, so a
+    diverging run cannot go unnoticed).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -515,34 +724,259 @@ def local_train_step(
         f"{type(rule).__name__} reads other blocks' outputs (uses_all_outputs), which a sequential "
         "step does not have; use sequential=False"
     )
+  if rule.forward_only and (sequential or not detach):
+    raise ValueError(
+        f"{type(rule).__name__} is forward_only (it estimates its own gradients): sequential and "
+        "detach must keep their defaults (False, True)"
+    )
+  if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+    raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps!r}")
   optimizer = optax.with_extra_args_support(optimizer)
+  num_blocks = len(model.blocks)
 
-  def step(state: LocalTrainState, batch: PyTree, key: jax.Array):
+  def gradients(params, rule_state, batch, key):
+    if rule.forward_only:
+      grads, losses, outputs = rule.estimate_grads(model, params, rule_state, batch, key)
+      return grads, jnp.asarray(losses, jnp.float32), outputs
     if sequential:
-      grads, losses, outputs = _sequential_grads(
-          model, rule, state.params, state.rule_state, batch, key
-      )
-      total = jnp.sum(losses)
+      return _sequential_grads(model, rule, params, rule_state, batch, key)
+    (_, (losses, outputs)), grads = jax.value_and_grad(local_loss, argnums=2, has_aux=True)(
+        model, rule, params, rule_state, batch, key, detach=detach
+    )
+    return grads, losses, outputs
+
+  def update_state(rule_state, params, batch, key, outputs):
+    stopped = None if outputs is None else jax.lax.stop_gradient(outputs)
+    ctx = LocalContext(batch, rule_state, key, stopped, shared=params.shared)
+    return rule.update_state(rule_state, params, ctx)
+
+  def joint_update(carry, batch, key, active):
+    params, opt_state, rule_state = carry
+    grads, losses, outputs = gradients(params, rule_state, batch, key)
+    new_params, opt_state = _apply_update(
+        optimizer, grads, opt_state, params, jnp.sum(losses), active)
+    rule_state = update_state(rule_state, params, batch, key, outputs)
+    return (new_params, opt_state, rule_state), (losses, _finite(grads))
+
+  def sequential_inner(params, opt_state, rule_state, batch, key, active):
+    """Block k takes `inner_steps` updates, then feeds its updated output to block k+1."""
+    start = params
+    ctx = LocalContext(batch, rule_state, key, shared=params.shared)
+    signal = rule.prepare(ctx)
+    losses, outputs, finite = [], [], jnp.asarray(True)
+    has_shared = bool(jax.tree.leaves(params.shared))
+    for index, block in enumerate(model.blocks):
+      stopped = jax.lax.stop_gradient(signal)
+      own = jnp.arange(num_blocks) == index
+      block_active = own if active is None else own & active
+      # Without shared parameters the block's input is the same at every inner step: computed
+      # once (a black-box physical map runs once per batch, not once per inner step).
+      fixed_inputs = None if has_shared else rule.block_input(index, stopped, ctx)
+
+      def objective(block_params, head_params, shared, block=block, index=index,
+                    stopped=stopped, fixed_inputs=fixed_inputs):
+        local_ctx = ctx._replace(shared=shared)
+        inputs = (rule.block_input(index, stopped, local_ctx) if fixed_inputs is None
+                  else fixed_inputs)
+        output = block.apply(block_params, inputs)
+        return jnp.asarray(rule.block_loss(index, output, head_params, local_ctx), jnp.float32)
+
+      def inner(carry, _, index=index, objective=objective, block_active=block_active):
+        params, opt_state = carry
+        loss, (g_block, g_head, g_shared) = jax.value_and_grad(objective, argnums=(0, 1, 2))(
+            params.blocks[index], params.heads[index], params.shared)
+        zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+        grads = LocalParams(
+            tuple(g_block if j == index else zeros(b) for j, b in enumerate(params.blocks)),
+            tuple(g_head if j == index else zeros(h) for j, h in enumerate(params.heads)),
+            g_shared,
+        )
+        params, opt_state = _apply_update(
+            optimizer, grads, opt_state, params, loss, block_active)
+        return (params, opt_state), (loss, _finite((g_block, g_head, g_shared)))
+
+      (params, opt_state), (block_loss, block_finite) = jax.lax.scan(
+          inner, (params, opt_state), None, length=inner_steps)
+      losses.append(block_loss[0])
+      finite = finite & jnp.all(block_finite)
+      inputs = (rule.block_input(index, stopped, ctx._replace(shared=params.shared))
+                if fixed_inputs is None else fixed_inputs)
+      signal = jax.lax.optimization_barrier(block.apply(params.blocks[index], inputs))
+      outputs.append(signal)
+    rule_state = update_state(rule_state, start, batch, key, tuple(outputs))
+    return params, opt_state, rule_state, jnp.stack(losses), finite
+
+  def step(state: LocalTrainState, batch: PyTree, key: jax.Array, active=None):
+    if active is not None:
+      active = jnp.asarray(active)
+      if active.shape != (num_blocks,):
+        raise ValueError(
+            f"active must be a boolean mask of shape ({num_blocks},), got shape {active.shape}")
+      active = active.astype(bool)
+    if sequential and inner_steps > 1:
+      params, opt_state, rule_state, losses, finite = sequential_inner(
+          state.params, state.opt_state, state.rule_state, batch, key, active)
     else:
-      (total, (losses, outputs)), grads = jax.value_and_grad(local_loss, argnums=2, has_aux=True)(
-          model, rule, state.params, state.rule_state, batch, key, detach=detach
-      )
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=total)
-    params = optax.apply_updates(state.params, updates)
-    ctx = LocalContext(batch, state.rule_state, key, jax.lax.stop_gradient(outputs))
-    rule_state = rule.update_state(state.rule_state, state.params, ctx)
-    metrics = {
-        "loss": total,
-        "block_losses": losses,
-        "grads_finite": jnp.isfinite(optax.tree.norm(grads)),
-    }
+      carry = (state.params, state.opt_state, state.rule_state)
+      carry, (losses, finite) = joint_update(carry, batch, key, active)
+      if inner_steps > 1:
+        carry, (_, more_finite) = jax.lax.scan(
+            lambda c, _: joint_update(c, batch, key, active), carry, None,
+            length=inner_steps - 1)
+        finite = finite & jnp.all(more_finite)
+      params, opt_state, rule_state = carry
+    metrics = {"loss": jnp.sum(losses), "block_losses": losses, "grads_finite": finite}
     return LocalTrainState(params, opt_state, rule_state, optax.safe_increment(state.step)), metrics
 
   return jax.jit(step) if jit else step
 
 
+class GreedyLog(NamedTuple):
+  """What `greedy_train` did, per trained block (rows in the order the blocks were trained).
+
+  Attributes:
+    metrics: (blocks, rounds) validation metric after each evaluation round (NaN once stopped).
+    best: (blocks,) the best metric, whose parameters were restored.
+    best_round: (blocks,) the round of the restored parameters (-1: none was better than -inf).
+    rounds: (blocks,) rounds trained before early stopping (or all of them).
+
+  Example:
+    >>> from jaxlearn.local import GreedyLog
+    >>> GreedyLog._fields
+    ('metrics', 'best', 'best_round', 'rounds')
+  """
+
+  metrics: jax.Array
+  best: jax.Array
+  best_round: jax.Array
+  rounds: jax.Array
+
+
+def greedy_train(
+    step: Callable[..., tuple[LocalTrainState, dict[str, jax.Array]]],
+    state: LocalTrainState,
+    batch_fn: Callable[[jax.Array, jax.Array], PyTree],
+    metric_fn: Callable[[LocalParams, PyTree, jax.Array], jax.Array],
+    key: jax.Array,
+    *,
+    num_blocks: int,
+    max_steps: int,
+    eval_every: int = 1,
+    patience: int | None = None,
+    blocks: Sequence[int | Sequence[int]] | None = None,
+) -> tuple[LocalTrainState, GreedyLog]:
+  r"""Greedy block-wise training: one block at a time, early stopping, best parameters restored.
+
+  For each block k (in `blocks` order, default 0..num_blocks-1): up to `max_steps` steps of
+  `step(state, batch_fn(key_i, i), key_i', active=one_hot(k))` (only block k and its head move),
+  evaluating `metric_fn(params, rule_state, k)` (higher is better) every `eval_every` steps. An
+  entry of `blocks` may also be a group of blocks trained together in one phase (e.g.
+  `blocks=[range(K)]`: all blocks jointly, with early stopping); `metric_fn` then receives the
+  group's highest block index. As in
+  ForwardGNN's official `EarlyStopping`: the first evaluation and every strictly better one save
+  the parameters; after `patience` evaluations without improvement the block stops (None: never);
+  at the end of the phase the saved parameters are restored, and block k+1 trains on top of them.
+
+  Each phase is one jitted program (the block index is traced: one compilation for all phases);
+  the remaining rounds of a stopped block are skipped with `lax.cond`.
+
+  Args:
+    step: a step of `local_train_step` built with `per_block_optimizer` (it takes `active`).
+    state: the starting state.
+    batch_fn: `batch_fn(key, step_index) -> batch` (traced): e.g. a fixed full-graph batch, or a
+      random minibatch drawn with `key`.
+    metric_fn: `metric_fn(params, rule_state, block) -> scalar`, higher is better (traced).
+    key: randomness for the batches and steps.
+    num_blocks: the model's number of blocks.
+    max_steps: steps per block at most; a multiple of `eval_every`.
+    eval_every: steps between evaluations.
+    patience: evaluations without improvement before a block stops (None: train all steps).
+    blocks: which blocks (or groups of blocks) to train, in order (default: all, first to last,
+      one per phase).
+
+  Returns:
+    `(state, GreedyLog)`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn import local
+    >>> model, rule = local.LocalModel.mlp([8, 8]), local.ForwardForward(num_classes=3)
+    >>> batch = {"x": jnp.ones((4, 6)), "y": jnp.arange(4) % 3}
+    >>> optimizer = local.per_block_optimizer(optax.adam(1e-2))
+    >>> state = local.init_train_state(model, rule, optimizer, jax.random.key(0), batch)
+    >>> step = local.local_train_step(model, rule, optimizer, jit=False)
+    >>> metric = lambda params, rule_state, k: -jnp.sum(params.blocks[0]["bias"] ** 2)
+    >>> state, log = local.greedy_train(
+    ...     step, state, lambda key, i: batch, metric, jax.random.key(1),
+    ...     num_blocks=2, max_steps=4, eval_every=2, patience=1)
+    >>> log.metrics.shape  # (blocks, evaluation rounds)
+    (2, 2)
+  """
+  for name, value in (("num_blocks", num_blocks), ("max_steps", max_steps),
+                      ("eval_every", eval_every)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+  if max_steps % eval_every:
+    raise ValueError(
+        f"max_steps ({max_steps}) must be a multiple of eval_every ({eval_every})")
+  if patience is not None and (
+      isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+    raise ValueError(f"patience must be an integer >= 1 or None, got {patience!r}")
+  order = tuple(range(num_blocks)) if blocks is None else tuple(blocks)
+  groups = [tuple(int(b) for b in (g if isinstance(g, (Sequence, range)) else (g,)))
+            for g in order]
+  if not groups or any(not g or not all(0 <= b < num_blocks for b in g) for g in groups):
+    raise ValueError(f"blocks must name blocks in [0, {num_blocks - 1}], got {blocks!r}")
+  rounds = max_steps // eval_every
+  limit = rounds + 1 if patience is None else patience
+
+  def phase(state, active, key):
+    block = jnp.max(jnp.where(active, jnp.arange(num_blocks), -1))
+
+    def train_round(carry, round_index):
+      state, best_params, best, best_round, bad, stopped = carry
+
+      def train(state):
+        def one(state, i):
+          step_index = round_index * eval_every + i
+          batch_key, step_key = jax.random.split(jax.random.fold_in(key, step_index))
+          state, _ = step(state, batch_fn(batch_key, step_index), step_key, active)
+          return state, None
+
+        return jax.lax.scan(one, state, jnp.arange(eval_every))[0]
+
+      state = jax.lax.cond(stopped, lambda s: s, train, state)
+      metric = jnp.asarray(metric_fn(state.params, state.rule_state, block), jnp.float32)
+      improved = jnp.logical_not(stopped) & (metric > best)
+      best_params = _keep(improved, state.params, best_params)
+      best = jnp.where(improved, metric, best)
+      best_round = jnp.where(improved, round_index, best_round)
+      bad = jnp.where(stopped | improved, jnp.where(improved, 0, bad), bad + 1)
+      logged = jnp.where(stopped, jnp.nan, metric)
+      trained = jnp.logical_not(stopped)
+      stopped = stopped | (bad >= limit)
+      return (state, best_params, best, best_round, bad, stopped), (logged, trained)
+
+    init = (state, state.params, jnp.asarray(-jnp.inf, jnp.float32), jnp.asarray(-1),
+            jnp.asarray(0), jnp.asarray(False))
+    (state, best_params, best, best_round, _, _), (metrics, trained) = jax.lax.scan(
+        train_round, init, jnp.arange(rounds))
+    restore = best_round >= 0
+    state = state._replace(params=_keep(restore, best_params, state.params))
+    return state, (metrics, best, best_round, jnp.sum(trained))
+
+  phase = jax.jit(phase)
+  logs = []
+  for index, group in enumerate(groups):
+    active = jnp.isin(jnp.arange(num_blocks), jnp.asarray(group))
+    state, log = phase(state, active, jax.random.fold_in(key, index))
+    logs.append(log)
+  stack = lambda i: jnp.stack([log[i] for log in logs])
+  return state, GreedyLog(stack(0), stack(1), stack(2), stack(3))
+
+
 def block_labels(params: LocalParams) -> LocalParams:
-  """Labels 'block{k}' / 'head{k}' for every leaf, for `optax.partition` (one optimizer per block).
+  """Labels 'block{k}' / 'head{k}' / 'shared' for every leaf, for `optax.partition`.
 
   Example: `optax.partition({'block0': optax.adam(1e-3), 'block1': optax.sgd(1e-2)},
   block_labels(params))` (heads need their own labels too if the rule has heads).
@@ -551,7 +985,8 @@ def block_labels(params: LocalParams) -> LocalParams:
   def label(prefix, trees):
     return tuple(jax.tree.map(lambda _: f"{prefix}{k}", tree) for k, tree in enumerate(trees))
 
-  return LocalParams(label("block", params.blocks), label("head", params.heads))
+  shared = jax.tree.map(lambda _: "shared", params.shared)
+  return LocalParams(label("block", params.blocks), label("head", params.heads), shared)
 
 
 class FitState(NamedTuple):
@@ -596,6 +1031,12 @@ def fit_functions(
     >>> # then: jaxlearn.train.fit(loss_fn, init_params, make_optimizer, data, has_state=True, ...)
   """
 
+  if rule.forward_only:
+    raise ValueError(
+        f"{type(rule).__name__} is forward_only: fit differentiates its loss; train it with "
+        "local_train_step instead"
+    )
+
   def init_params(key):
     init_key, step_key = jax.random.split(key)
     params, rule_state = model.init(init_key, rule, example_batch)
@@ -605,7 +1046,8 @@ def fit_functions(
     key, step_key = jax.random.split(model_state.key)
     batch = {"x": x, "y": y}
     total, (_, outputs) = local_loss(model, rule, params, model_state.rule_state, batch, step_key)
-    ctx = LocalContext(batch, model_state.rule_state, step_key, jax.lax.stop_gradient(outputs))
+    ctx = LocalContext(batch, model_state.rule_state, step_key, jax.lax.stop_gradient(outputs),
+                       shared=jax.lax.stop_gradient(params.shared))
     rule_state = rule.update_state(model_state.rule_state, jax.lax.stop_gradient(params), ctx)
     return total, FitState(rule_state, key)
 

@@ -135,6 +135,34 @@ def target_validity(targets: jax.Array, tolerance: float) -> jax.Array:
   return jnp.all(targets >= 0, axis=-1) & (jnp.abs(jnp.sum(targets, axis=-1) - 1) <= tolerance)
 
 
+def labels_or_targets(labels: Any, logits: jax.Array) -> tuple[jax.Array, bool, float]:
+  """Integer class indices (shape logits.shape[:-1]) or probability rows (shape of logits).
+
+  An integer array, or one with fewer dimensions than `logits`, is checked as labels (so float
+  class indices raise "labels must be integer"); anything else as probability targets.
+
+  Returns:
+    `(array, is_labels, tolerance)`; the tolerance of the targets' row sums (0 for labels).
+  """
+  check_class_axis(logits)
+  array = _as_array(labels)
+  if jnp.issubdtype(array.dtype, jnp.integer) or array.ndim < logits.ndim:
+    return check_labels(array, logits), True, 0.0
+  targets, tolerance = check_targets(array, logits)
+  return targets, False, tolerance
+
+
+def probability_rows(
+    labels: jax.Array, is_labels: bool, tolerance: float, num_classes: int, dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+  """(probability rows in `dtype`, per-example validity); traceable."""
+  if is_labels:
+    valid = label_validity(labels, num_classes)
+    return jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes, dtype=dtype), valid
+  targets = labels.astype(dtype)
+  return targets, target_validity(targets, tolerance)
+
+
 def check_weights(
     weights: Any, batch_shape: tuple[int, ...], name: str = "weights"
 ) -> jax.Array | None:

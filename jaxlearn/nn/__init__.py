@@ -163,6 +163,13 @@ from jaxlearn.nn.layer_norm import (
 )
 
 from jaxlearn.nn.selu import AlphaDropout, alpha_dropout, alpha_dropout_affine
+from jaxlearn.nn.nested_dropout import (
+    NestedDropout,
+    nested_dropout,
+    nested_dropout_distribution,
+    sample_truncation,
+    truncate_features,
+)
 from jaxlearn.nn.evonorm import EvoNormB0, EvoNormS0, evonorm_b0, evonorm_s0
 from jaxlearn.nn.nf_resnet import (
     NFResidualBlock,
@@ -334,6 +341,11 @@ __all__ = [
     "AlphaDropout",
     "alpha_dropout",
     "alpha_dropout_affine",
+    "NestedDropout",
+    "nested_dropout",
+    "nested_dropout_distribution",
+    "sample_truncation",
+    "truncate_features",
     "EvoNormB0",
     "EvoNormS0",
     "evonorm_b0",

@@ -38,6 +38,7 @@ from jaxlearn.nn.layer_norm import (
     LinenLNLSTM as LNLSTM,
 )
 from jaxlearn.nn.selu import LinenAlphaDropout as AlphaDropout
+from jaxlearn.nn.nested_dropout import LinenNestedDropout as NestedDropout
 from jaxlearn.nn.evonorm import LinenEvoNormB0 as EvoNormB0, LinenEvoNormS0 as EvoNormS0
 from jaxlearn.nn.nf_resnet import (
     LinenNFResidualBlock as NFResidualBlock,
@@ -88,6 +89,7 @@ __all__ = [
     "LNGRU",
     "LNLSTM",
     "AlphaDropout",
+    "NestedDropout",
     "EvoNormB0",
     "EvoNormS0",
     "NFResidualBlock",

@@ -385,6 +385,11 @@ LAYERS = [
         linen=jnn_linen.RegionNormL, linen_args=(6,), input_shape=(4, 1, 2, 6),
         wrong_rank_shape=(2, 6), kwargs={"kernel_size": 3},
     ),
+    Layer(
+        "NestedDropout", "nested_dropout_noisy_labels", nnx=jnn.NestedDropout, nnx_args=(6,),
+        linen=jnn_linen.NestedDropout, linen_args=(6,), input_shape=(4, 6), wrong_rank_shape=(),
+        kwargs={"sigma": 2.0}, stochastic="dropout",
+    ),
     # Add new layers above this line
 ]
 STATEFUL = [layer for layer in LAYERS if layer.batch_stats]

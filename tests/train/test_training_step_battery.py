@@ -47,6 +47,9 @@ import pytest
 from jaxlearn import registry
 from jaxlearn.train.step import TrainingStep, TrainState, gradient_step
 from tests.train._compile import fast_compile  # noqa: F401
+from tests.train import _gradient_step_adapters as gsa
+from tests.train._highway_bp_row import highway_bp_row
+from tests.train import _domain_and_adversarial_rows as daa
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -90,6 +93,23 @@ STEPS: tuple[Row, ...] = (
     Row("gradient_step", None, plain_sgd, {"learning_rate": 0.3}, "learning_rate", (0.1, 0.3)),
     Row("gradient_step_least_squares", None, plain_sgd, {"learning_rate": 0.05, "momentum": 0.5},
         "momentum", (0.0, 0.5), problem="least_squares"),
+    Row("finite_difference_grad_reg_forward", "finite_difference_grad_reg", gsa.fgr,
+        {"gamma": 0.1, "epsilon": 0.1}, "gamma", (0.02, 0.3)),
+    Row("highway_bp", "highway_bp", highway_bp_row, {"learning_rate": 0.1, "iterations": 1},
+        "learning_rate", (0.05, 0.1)),
+    Row("gradnorm_two_tasks", "gradnorm", gsa.gradnorm_two_tasks, {"alpha": 1.5}, "alpha",
+        (0.0, 1.5)),
+    Row("fish", "fish_gradient_matching", daa.fish_row,
+        {"learning_rate": 0.3, "meta_learning_rate": 0.5}, "meta_learning_rate", (0.2, 0.5)),
+    Row("udim", "udim", daa.udim_row, {"learning_rate": 0.1, "rho": 0.05}, "rho", (0.05, 0.5)),
+    Row("aaer", "aaer", daa.aaer_row, {"learning_rate": 0.1, "epsilon": 0.1}, "epsilon",
+        (0.1, 0.3)),
+    Row("guidance_representational_alignment", "guidance_representational_alignment",
+        daa.guidance_row, {"learning_rate": 0.03, "alpha": 1.0}, "alpha", (0.0, 1.0)),
+    Row("gradcache_linear_encoder", "gradcache_contrastive", gsa.gradcache_linear,
+        {"learning_rate": 0.3}, "learning_rate", (0.1, 0.3)),
+    Row("wgan_gp_linear_critic", "wgan_gp", gsa.wgan_gp_linear, {"lam": 1.0}, "lam",
+        (0.5, 2.0)),
     # New rows go above this line.
 )
 
