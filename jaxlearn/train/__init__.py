@@ -12,7 +12,9 @@ from jaxlearn.train.results import experiment_main, experiment_parser, new_figur
 from jaxlearn.train.checkpoint import Checkpointer, CorruptCheckpointWarning
 from jaxlearn.train.parallel import make_mesh
 from jaxlearn.train.sweep import LogUniform, SweepResult, Uniform, random_search
-from jaxlearn.train.step import TrainState, TrainingStep, gradient_step, keep_if_finite
+from jaxlearn.train.step import (
+    TrainState, TrainingStep, apply_guarded, gradient_step, keep_if_finite,
+)
 from jaxlearn.train.highway_bp import (
     HighwayParams, highway_bp, highway_value_and_grad, residual_loss,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "TrainingStep",
     "gradient_step",
     "keep_if_finite",
+    "apply_guarded",
     "highway_bp",
     "HighwayParams",
     "highway_value_and_grad",

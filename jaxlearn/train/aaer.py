@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlearn import _checks, registry
-from jaxlearn.train.step import TrainingStep, TrainState, keep_if_finite
+from jaxlearn.train.step import TrainingStep, TrainState, apply_guarded
 
 __all__ = ["aaer", "aaer_regularizer"]
 
@@ -235,9 +235,7 @@ def aaer(
     (total, (adversarial, regularizer, abnormal)), grads = jax.value_and_grad(
         objective, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
-    new = TrainState(optax.apply_updates(params, updates), opt_state, state.method_state,
-                     state.count + 1, state.skipped)
-    new, skipped = keep_if_finite(state, new, total, loss_before, grads)
+    new, skipped = apply_guarded(state, updates, opt_state, total, loss_before, grads)
     metrics = {
         "loss": adversarial,
         "objective": total,

@@ -42,7 +42,7 @@ from jaxlearn import _checks, registry
 from jaxlearn.train.step import (
     TrainingStep,
     TrainState,
-    keep_if_finite,
+    apply_guarded,
 )
 
 __all__ = [
@@ -259,11 +259,7 @@ def gradcache(
     updates, opt_state = optax.with_extra_args_support(optimizer).update(
         grads, state.opt_state, state.params, value=value
     )
-    new = TrainState(
-        optax.apply_updates(state.params, updates), opt_state, state.method_state,
-        state.count + 1, state.skipped,
-    )
-    new, skipped = keep_if_finite(state, new, value, grads)
+    new, skipped = apply_guarded(state, updates, opt_state, value, grads)
     metrics = {
         "loss": jnp.asarray(value, jnp.float32),
         "grad_norm": optax.tree.norm(grads).astype(jnp.float32),

@@ -50,7 +50,7 @@ from jaxlearn.train.step import (
     TrainingStep,
     TrainState,
     check_update_extras,
-    keep_if_finite,
+    apply_guarded,
     update_with_extras,
 )
 
@@ -231,11 +231,7 @@ def finite_difference_grad_reg(
     updates, opt_state = update_with_extras(
         optimizer, names, loss_fn, regularized, state.opt_state, state.params, value, *batch
     )
-    new = TrainState(
-        optax.apply_updates(state.params, updates), opt_state, state.method_state,
-        state.count + 1, state.skipped,
-    )
-    new, skipped = keep_if_finite(state, new, value, grads, regularized)
+    new, skipped = apply_guarded(state, updates, opt_state, value, grads, regularized)
     metrics = {
         "loss": jnp.asarray(value, jnp.float32),
         "grad_norm": optax.tree.norm(grads).astype(jnp.float32),

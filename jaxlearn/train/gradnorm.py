@@ -47,8 +47,8 @@ from jaxlearn import _checks, registry
 from jaxlearn.train.step import (
     TrainingStep,
     TrainState,
+    apply_guarded,
     check_update_extras,
-    keep_if_finite,
     update_with_extras,
 )
 
@@ -246,14 +246,9 @@ def gradnorm(
     updates, opt_state = update_with_extras(
         optimizer, names, weighted_loss, grads, state.opt_state, state.params, value, *batch
     )
-    new = TrainState(
-        optax.apply_updates(state.params, updates),
-        opt_state,
-        GradNormState(new_weights, initial, jnp.ones([], jnp.bool_), weight_opt_state),
-        state.count + 1,
-        state.skipped,
-    )
-    new, skipped = keep_if_finite(state, new, losses32, grads, task_grad_norms, new_weights)
+    method_state = GradNormState(new_weights, initial, jnp.ones([], jnp.bool_), weight_opt_state)
+    new, skipped = apply_guarded(state, updates, opt_state, losses32, grads, task_grad_norms,
+                                 new_weights, method_state=method_state)
     metrics = {
         "loss": value.astype(jnp.float32),
         "task_losses": losses32,

@@ -49,7 +49,7 @@ import optax
 
 from jaxlearn import _checks
 from jaxlearn import registry
-from jaxlearn.train.step import TrainState, TrainingStep, keep_if_finite
+from jaxlearn.train.step import TrainState, TrainingStep, apply_guarded
 
 __all__ = ["highway_bp", "HighwayParams", "highway_value_and_grad", "residual_loss"]
 
@@ -200,7 +200,7 @@ def highway_bp(
 
   The parameters are a `HighwayParams`; `batch = (x, *rest)` with `head(head_params, h_L,
   *rest)` the loss. The step keeps the non-finite guard of every `TrainingStep`
-  (`jaxlearn.train.keep_if_finite`).
+  (`jaxlearn.train.apply_guarded`).
 
   Args:
     stem: `stem(stem_params, x) -> h0`.
@@ -245,9 +245,7 @@ def highway_bp(
     value, grads = highway_value_and_grad(
         stem, block, head, state.params, *batch, iterations=iterations)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new = TrainState(optax.apply_updates(state.params, updates), opt_state, state.method_state,
-                     state.count + 1, state.skipped)
-    new, skipped = keep_if_finite(state, new, value, grads)
+    new, skipped = apply_guarded(state, updates, opt_state, value, grads)
     metrics = {
         "loss": jnp.asarray(value, jnp.float32),
         "grad_norm": optax.tree.norm(grads).astype(jnp.float32),

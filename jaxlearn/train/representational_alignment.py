@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlearn import _checks, registry
-from jaxlearn.train.step import TrainingStep, TrainState, keep_if_finite
+from jaxlearn.train.step import TrainingStep, TrainState, apply_guarded
 
 __all__ = ["representation_guidance", "alignment_loss", "layer_mapping", "linear_cka"]
 
@@ -204,9 +204,7 @@ def representation_guidance(
 
     (value, (task, alignment)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new = TrainState(optax.apply_updates(state.params, updates), opt_state, state.method_state,
-                     state.count + 1, state.skipped)
-    new, skipped = keep_if_finite(state, new, value, grads)
+    new, skipped = apply_guarded(state, updates, opt_state, value, grads)
     metrics = {"loss": value, "task_loss": task, "alignment": alignment, "skipped": skipped}
     return new, metrics
 

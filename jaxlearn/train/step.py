@@ -33,8 +33,8 @@ PyTree = Any
 Batch = tuple[Any, ...]
 
 __all__ = [
-    "TrainState", "TrainingStep", "all_finite", "check_update_extras", "gradient_step",
-    "keep_if_finite", "update_with_extras",
+    "TrainState", "TrainingStep", "all_finite", "apply_guarded", "check_update_extras",
+    "gradient_step", "keep_if_finite", "update_with_extras",
 ]
 
 
@@ -124,6 +124,47 @@ def keep_if_finite(
   return state, skipped
 
 
+_UNCHANGED = object()
+
+
+def apply_guarded(
+    state: TrainState,
+    updates: optax.Updates,
+    opt_state: optax.OptState,
+    *watched: PyTree,
+    method_state: PyTree = _UNCHANGED,
+) -> tuple[TrainState, jax.Array]:
+  """The end of a one-update step: `updates` applied, `count` advanced, `keep_if_finite`.
+
+  Args:
+    state: the incoming state.
+    updates: the optimizer's updates (from `optimizer.update`).
+    opt_state: the optimizer's new state.
+    *watched: what must be finite for the step to count (the loss, the gradients...).
+    method_state: the method's new state; `state.method_state` kept if not given.
+
+  Returns:
+    `(state, skipped)`, as `keep_if_finite`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jaxlearn.train import apply_guarded, gradient_step
+    >>> optimizer = optax.sgd(0.5)
+    >>> state = gradient_step(lambda p: jnp.sum(p ** 2), optimizer).init(jnp.ones(2), None)
+    >>> grads = 2 * state.params
+    >>> updates, opt_state = optimizer.update(grads, state.opt_state)
+    >>> new, skipped = apply_guarded(state, updates, opt_state, grads)
+    >>> new.params, int(new.count), bool(skipped)
+    (Array([0., 0.], dtype=float32), 1, False)
+  """
+  new = TrainState(
+      optax.apply_updates(state.params, updates), opt_state,
+      state.method_state if method_state is _UNCHANGED else method_state,
+      state.count + 1, state.skipped,
+  )
+  return keep_if_finite(state, new, *watched)
+
+
 def check_update_extras(update_extras: Sequence[str]) -> tuple[str, ...]:
   """`update_extras` as a tuple; a ValueError for a name `extra_update_args` does not build."""
   if isinstance(update_extras, str):
@@ -206,11 +247,7 @@ def gradient_step(
     updates, opt_state = update_with_extras(
         optimizer, names, loss_fn, grads, state.opt_state, state.params, value, *batch
     )
-    new = TrainState(
-        optax.apply_updates(state.params, updates), opt_state, state.method_state,
-        state.count + 1, state.skipped,
-    )
-    new, skipped = keep_if_finite(state, new, value, grads)
+    new, skipped = apply_guarded(state, updates, opt_state, value, grads)
     metrics = {
         "loss": jnp.asarray(value, jnp.float32),
         "grad_norm": optax.tree.norm(grads).astype(jnp.float32),

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlearn import _checks, registry
-from jaxlearn.train.step import TrainingStep, TrainState, keep_if_finite
+from jaxlearn.train.step import TrainingStep, TrainState, apply_guarded
 
 __all__ = ["udim", "udim_inconsistency"]
 
@@ -240,9 +240,7 @@ def udim(
         sam_grads, inconsistency_grads,
     )
     updates, opt_state = optimizer.update(final, state.opt_state, params)
-    new = TrainState(optax.apply_updates(params, updates), opt_state, state.method_state,
-                     state.count + 1, state.skipped)
-    new, skipped = keep_if_finite(state, new, value, inconsistency, final, grads)
+    new, skipped = apply_guarded(state, updates, opt_state, value, inconsistency, final, grads)
     metrics = {
         "loss": jnp.asarray(value, jnp.float32),
         "inconsistency": jnp.asarray(inconsistency, jnp.float32),
