@@ -32,7 +32,8 @@ back-propagates :math:`L_\text{grad}` into the network; it agrees with this modu
 toy :math:`\alpha` and whether the weights share the network's learning rate (here they have their
 own optimizer, which the user chooses). :math:`L_i(0)` is the loss of the first step that was not
 skipped. Weights are not clipped at 0: a weight optimizer with too large a step can make one
-negative, as in the paper's update.
+negative, as in the paper's update (`experiments/gradnorm_multitask.py`: Adam at 0.025 drives the
+large-scale task's weight, which should settle near 0.06, below zero; at 1e-3 it settles).
 """
 
 from __future__ import annotations
