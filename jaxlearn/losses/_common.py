@@ -4,7 +4,9 @@ Loss modules import these from here, not from each other. A classification loss 
 `(logits, labels_or_targets, *, weights=None, reduction=...)` and:
 
 - checks its arguments outside `jit` with a ValueError naming the argument (`float_array`,
-  `check_labels`, `check_targets`, `check_weights`, `check_reduction`);
+  `check_labels`, `check_targets`, `check_weights`, `check_reduction`; `labels_or_targets` for a
+  loss that takes either integer labels or probability rows, with `probability_rows` turning
+  both into rows inside the kernel);
 - inside `jit`, where values are tracers and cannot be inspected, makes the loss of an example
   with an invalid label, target row or weight NaN (`label_validity`, `target_validity`,
   `weight_validity` with `nan_unless`), never a clamped or wrapped value;
