@@ -1,4 +1,4 @@
-"""The key a random NNX layer draws in training, from whatever `rngs` its caller gave."""
+"""A random NNX layer's own stream, and the key it draws in training from whatever `rngs` it got."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ from typing import Any
 import jax
 from flax import nnx
 
-__all__ = ["training_key"]
+__all__ = ["layer_stream", "training_key"]
+
+
+def layer_stream(rngs: Any, stream: str) -> Any:
+  """The stream a random layer keeps from its constructor's `rngs`: a fork of `rngs[stream]`
+  (an `nnx.Rngs` that has it) or of an `nnx.RngStream`; otherwise none (`nnx.data(None)`), and the
+  caller passes `rngs=` at call time."""
+  if isinstance(rngs, nnx.Rngs):
+    return rngs[stream].fork() if stream in rngs else nnx.data(None)
+  if isinstance(rngs, nnx.RngStream):
+    return rngs.fork()
+  return nnx.data(None)
 
 
 def training_key(rngs: Any, stream: str, purpose: str) -> jax.Array:

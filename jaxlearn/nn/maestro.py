@@ -56,7 +56,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_bool, check_positive_int
-from jaxlearn.nn._random import training_key
+from jaxlearn.nn._random import layer_stream, training_key
 
 __all__ = [
     "MaestroLinear",
@@ -309,7 +309,7 @@ class MaestroLinear(nnx.Module):
     self.u = nnx.Param(params["u"])
     self.v = nnx.Param(params["v"])
     self.bias = nnx.Param(params["bias"]) if use_bias else None
-    self.rngs = rngs[rng_stream].fork() if rng_stream in rngs else nnx.data(None)
+    self.rngs = layer_stream(rngs, rng_stream)
 
   def importance(self, hierarchical: bool = False) -> jax.Array:
     """‖u_j‖·‖v_j‖ per component (`maestro_importance`)."""

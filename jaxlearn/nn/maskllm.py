@@ -69,7 +69,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_positive, check_positive_int, check_range
-from jaxlearn.nn._random import training_key
+from jaxlearn.nn._random import layer_stream, training_key
 
 __all__ = [
     "maskllm_mask",
@@ -340,7 +340,7 @@ class MaskLLMLinear(nnx.Module):
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias \
         else nnx.data(None)
     self.gate = nnx.Param(_init_gate(rngs.params(), in_features, out_features, n, m, gate_std))
-    self.rngs = rngs[rng_stream].fork() if rng_stream in rngs else nnx.data(None)
+    self.rngs = layer_stream(rngs, rng_stream)
     self.in_features, self.n, self.m = in_features, n, m
     self.temperature, self.scale_multiplier = tuple(temperature), tuple(scale_multiplier)
     self.hard, self.deterministic, self.rng_stream = hard, deterministic, rng_stream

@@ -37,7 +37,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_positive, check_positive_int, check_range
-from jaxlearn.nn._random import training_key
+from jaxlearn.nn._random import layer_stream, training_key
 
 __all__ = [
     "NestedDropout",
@@ -274,12 +274,7 @@ class NestedDropout(nnx.Module):
     self.deterministic = deterministic
     self.rng_collection = rng_collection
     self.dtype = dtype
-    if isinstance(rngs, nnx.Rngs):
-      self.rngs = rngs[rng_collection].fork() if rng_collection in rngs else nnx.data(None)
-    elif isinstance(rngs, nnx.RngStream):
-      self.rngs = rngs.fork()
-    else:
-      self.rngs = nnx.data(None)
+    self.rngs = layer_stream(rngs, rng_collection)
 
   def __call__(
       self,
