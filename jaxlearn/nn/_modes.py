@@ -1,10 +1,12 @@
-"""The training / evaluation mode of NNX layers with running statistics, as in flax's BatchNorm.
+"""The training / evaluation mode of NNX layers: running statistics (as flax's BatchNorm) or
+randomness (as flax's Dropout).
 
 Every NNX layer of `jaxlearn.nn` that keeps running statistics switches modes like
 `flax.nnx.BatchNorm`: a `use_running_average` attribute set by the constructor or by
 `model.train()` / `model.eval()` (through the `set_view` hook of `nnx.view`), which one call may
 override. `RunningAverageMode` holds that logic once; a layer inherits it and calls
-`self.running_average_mode(use_running_average)` at the top of its `__call__`.
+`self.running_average_mode(use_running_average)` at the top of its `__call__`. A random layer
+switches like `flax.nnx.Dropout`, with a `deterministic` attribute: `DeterministicMode`.
 """
 
 from __future__ import annotations
@@ -56,3 +58,39 @@ class RunningAverageMode(nnx.Module):
     """
     if use_running_average is not None:
       self.use_running_average = use_running_average
+
+
+class DeterministicMode(nnx.Module):
+  """Base of the random NNX layers whose mode is `deterministic` (True: evaluation), as
+  `flax.nnx.Dropout`: set by the constructor or `model.train()` / `model.eval()`, overridden by
+  one call's `deterministic`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxlearn.nn._modes import DeterministicMode
+    >>> class Layer(DeterministicMode):
+    ...   def __init__(self):
+    ...     self.deterministic = False
+    ...   def __call__(self, x, deterministic=None):
+    ...     return x if self.deterministic_mode(deterministic) else 2 * x
+    >>> layer = Layer()
+    >>> float(layer(jnp.ones(()))), float(layer(jnp.ones(()), deterministic=True))
+    (2.0, 1.0)
+    >>> layer.eval(); float(layer(jnp.ones(())))
+    1.0
+  """
+
+  deterministic: bool
+
+  def deterministic_mode(self, deterministic: bool | None) -> bool:
+    """The mode of one call: its `deterministic` if given, else the layer's."""
+    return self.deterministic if deterministic is None else deterministic
+
+  def set_view(self, deterministic: bool | None = None):
+    """Hook of `nnx.view` (`model.train()` / `model.eval()`): sets the mode.
+
+    Args:
+      deterministic: evaluation mode if True, training mode if False.
+    """
+    if deterministic is not None:
+      self.deterministic = deterministic

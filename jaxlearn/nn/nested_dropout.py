@@ -37,6 +37,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_positive, check_positive_int, check_range
+from jaxlearn.nn._modes import DeterministicMode
 from jaxlearn.nn._random import layer_stream, training_key
 
 __all__ = [
@@ -222,7 +223,7 @@ def _check_input(layer: str, x: jax.Array, num_features: int) -> None:
         f"axis, got shape {x.shape}")
 
 
-class NestedDropout(nnx.Module):
+class NestedDropout(DeterministicMode):
   r"""Nested dropout over the last axis (conventions of `nnx.Dropout`).
 
   Training: keep the first :math:`k \sim p(k) \propto e^{-((k - \mu)/\sigma)^2}` features of
@@ -286,22 +287,13 @@ class NestedDropout(nnx.Module):
     """Truncates at a random k in training, at `keep` in evaluation."""
     x = jnp.asarray(x)
     _check_input("NestedDropout", x, self.num_features)
-    deterministic = self.deterministic if deterministic is None else deterministic
+    deterministic = self.deterministic_mode(deterministic)
     key = None
     if not deterministic:
       key = training_key(self.rngs if rngs is None else rngs, self.rng_collection,
                          "NestedDropout draws its truncation in training")
     return nested_dropout(x, self.sigma, key, mu=self.mu, deterministic=deterministic,
                           keep=self.keep, dtype=self.dtype)
-
-  def set_view(self, deterministic: bool | None = None):
-    """Hook of `nnx.view`: sets the mode.
-
-    Args:
-      deterministic: evaluation mode if True, training mode if False.
-    """
-    if deterministic is not None:
-      self.deterministic = deterministic
 
 
 class LinenNestedDropout(linen.Module):

@@ -58,6 +58,7 @@ from flax import nnx
 
 from jaxlearn import registry
 from jaxlearn._checks import check_positive_int, check_range
+from jaxlearn.nn._modes import DeterministicMode
 from jaxlearn.nn._random import layer_stream, training_key
 
 __all__ = [
@@ -158,7 +159,7 @@ def _check_input(layer: str, x: jax.Array, num_features: int | None) -> None:
         f"{layer} expects {num_features} features on the last axis, got shape {x.shape}")
 
 
-class AlphaDropout(nnx.Module):
+class AlphaDropout(DeterministicMode):
   r"""Alpha dropout for SELU networks (arXiv:1706.02515), conventions of `nnx.Dropout`.
 
   Training: :math:`y = a\,(d\,x + (1 - d)\,\alpha') + b` with a Bernoulli(1 − rate) mask
@@ -215,21 +216,12 @@ class AlphaDropout(nnx.Module):
     """Applies alpha dropout in training mode, the identity in evaluation mode."""
     x = jnp.asarray(x)
     _check_input("AlphaDropout", x, self.num_features)
-    deterministic = self.deterministic if deterministic is None else deterministic
+    deterministic = self.deterministic_mode(deterministic)
     key = None
     if not deterministic and float(self.rate) > 0.0:
       key = training_key(self.rngs if rngs is None else rngs, self.rng_collection,
                          "AlphaDropout samples its mask in training")
     return alpha_dropout(x, self.rate, key, deterministic=deterministic, dtype=self.dtype)
-
-  def set_view(self, deterministic: bool | None = None):
-    """Hook of `nnx.view`: sets the mode.
-
-    Args:
-      deterministic: evaluation mode if True, training mode if False.
-    """
-    if deterministic is not None:
-      self.deterministic = deterministic
 
 
 class LinenAlphaDropout(linen.Module):
