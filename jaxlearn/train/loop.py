@@ -74,9 +74,10 @@ class FitResult:
     configs: one dict of hyperparameters per configuration (K of them).
     seeds: the seeds (S of them). Runs are ordered config-major: run r = k * S + s.
     eval_steps: the steps at which metrics were recorded, shape (T,).
-    history: metric name -> array of shape (K, S, T); always has 'train_loss' (the mean minibatch
-      loss over the preceding steps) plus `eval_fn`'s metrics on the train and test sets
-      ('train_accuracy', 'test_accuracy', ...).
+    history: metric name -> array of shape (K, S, T); always has 'minibatch_loss' (the mean
+      minibatch loss over the preceding steps) and 'train_loss' (`eval_fn`'s 'loss' on the whole
+      train set where it gives one, else the minibatch mean), plus `eval_fn`'s metrics on the
+      train and test sets ('train_accuracy', 'test_accuracy', ...).
     state: the final `RunState`, each leaf with a leading axis of size K * S.
     wall_time_s: seconds spent, compilation included.
 
@@ -217,11 +218,12 @@ def _programs(task: _Task) -> tuple[Callable, Callable]:
   def run_chunk(hparams, state, x_train, y_train, x_test, y_test):
     step = lambda s, _: train_step(hparams, x_train, y_train, s, _)
     state, losses = jax.lax.scan(step, state, None, length=task.eval_every)
-    metrics = {"train_loss": jnp.mean(losses)}
+    metrics = {"minibatch_loss": jnp.mean(losses)}
     if evaluate is not None:
       for split, (x, y) in {"train": (x_train, y_train), "test": (x_test, y_test)}.items():
         for name, value in evaluate(state.params, state.model_state, x, y).items():
           metrics[f"{split}_{name}"] = value
+    metrics.setdefault("train_loss", metrics["minibatch_loss"])
     return state, metrics
 
   def init_all(hparams, keys):

@@ -87,7 +87,7 @@ def test_vmapped_runs_match_separate_runs_and_reduce_the_loss():
   configs = grid(learning_rate=[0.1, 0.3])
   together, _ = BATCHES_OF_4.fit(9, configs, [0, 1])
   assert together.history["test_mse"].shape == (2, 2, 3)
-  assert set(together.history) == {"train_loss", "train_mse", "test_mse"}
+  assert set(together.history) == {"minibatch_loss", "train_loss", "train_mse", "test_mse"}
   assert list(together.eval_steps) == [3, 6, 9]
   for k, config in enumerate(configs):
     for s, seed in enumerate([0, 1]):
@@ -230,3 +230,21 @@ def test_datasets_are_deterministic():
   assert a.x_train.shape == (1438, 64) and a.x_test.shape == (359, 64)
   assert load_digits(flat=False).x_train.shape[1:] == (8, 8, 1)
   assert not np.array_equal(load_digits(seed=4).y_train, a.y_train)
+
+
+def test_train_loss_is_the_evaluated_loss_and_minibatch_loss_is_kept():
+  """An `eval_fn` that returns 'loss' gives 'train_loss' (the whole train set at the evaluation
+  step); the mean minibatch loss of the steps before it stays in 'minibatch_loss'."""
+  x = jnp.asarray(DATA.x_train)
+  mse = lambda w, x: jnp.mean((x @ (w - TRUE_W)) ** 2)
+  loss_fn = lambda w, x, y: mse(w, x)
+  evaluate = lambda w, x, y: {"loss": mse(w, x)}
+  result = fit(loss_fn, lambda key: jnp.zeros(3), optax.sgd, DATA, steps=3, eval_every=3,
+               batch_size=None, configs=[{"learning_rate": 0.1}], eval_fn=evaluate,
+               progress=False)
+  w = [jnp.zeros(3)]
+  for _ in range(3):  # full-batch gradient descent by hand
+    w.append(w[-1] - 0.1 * jax.grad(mse)(w[-1], x))
+  np.testing.assert_allclose(result.history["train_loss"][0, 0], [mse(w[3], x)], rtol=1e-5)
+  np.testing.assert_allclose(result.history["minibatch_loss"][0, 0],
+                             [np.mean([mse(v, x) for v in w[:3]])], rtol=1e-5)
