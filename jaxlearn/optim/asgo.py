@@ -99,11 +99,17 @@ def _left(shape, spec) -> bool:
   return m <= n
 
 
+def _rms_factor(norm: jax.Array, shape) -> jax.Array:
+  """The factor that scales (m, n) matrices of Frobenius norm `norm` to RMS 0.2; 0 for a zero
+  matrix (no 0/0)."""
+  target = RMS * (shape[-2] * shape[-1]) ** 0.5
+  return jnp.where(norm > 0, target / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
 def _rescale(u: jax.Array) -> jax.Array:
   """`u` (batch, m, n) scaled to RMS 0.2 per matrix; a zero matrix stays zero (no 0/0)."""
   norm = jnp.linalg.norm(u, axis=(-2, -1), keepdims=True)
-  target = RMS * (u.shape[-2] * u.shape[-1]) ** 0.5
-  return u * jnp.where(norm > 0, target / jnp.where(norm > 0, norm, 1.0), 0.0)
+  return u * _rms_factor(norm, u.shape)
 
 
 def _accumulate(v, new, beta2, accumulate):
@@ -113,8 +119,8 @@ def _accumulate(v, new, beta2, accumulate):
 def _scale_by_sided(name, momentum, dimension_numbers, precondition_shape, preconditioned):
   """The transform both variants share: momentum, a per-matrix statistic V, a rescaled U.
 
-  `precondition_shape(shape, spec) -> V's shape`; `preconditioned(g, m, v, spec) -> (U, V)`
-  on the (batch, m, n) matrices of a leaf.
+  `precondition_shape(shape, spec) -> V's shape`; `preconditioned(g, m, v, spec) -> (Ũ, V)`
+  on the (batch, m, n) matrices of a leaf, Ũ rescaled to RMS 0.2.
   """
 
   def init_fn(params):
@@ -138,7 +144,7 @@ def _scale_by_sided(name, momentum, dimension_numbers, precondition_shape, preco
       # Matrix products on replicated copies (a no-op unless an explicit mesh shards the leaf).
       u, v = preconditioned(matrix.to_matrices(matrix.replicated(wide), spec),
                             matrix.to_matrices(matrix.replicated(mom), spec), v, spec)
-      update = matrix.from_matrices(_rescale(u), spec, g.shape)
+      update = matrix.from_matrices(u, spec, g.shape)
       new_updates.append(matrix.sharded_like(update, g).astype(g.dtype))
       new_moments.append(mom)
       new_stats.append(v.astype(mom.dtype))
@@ -230,7 +236,7 @@ def scale_by_asgo(
     gram = g @ jnp.swapaxes(g, -1, -2) if left else jnp.swapaxes(g, -1, -2) @ g
     v = _accumulate(v, gram, beta2, accumulate)
     root = inverse_sqrt(v)
-    return (root @ m if left else m @ root), v
+    return _rescale(root @ m if left else m @ root), v
 
   return _scale_by_sided("scale_by_asgo", momentum, dimension_numbers, precondition_shape,
                          preconditioned)
@@ -282,7 +288,12 @@ def scale_by_dasgo(
 
   def preconditioned(g, m, v, spec):
     v = _accumulate(v, jnp.sum(jnp.square(g), axis=-1), beta2, accumulate)
-    return m * jax.lax.rsqrt(v + eps)[..., None], v
+    row_scale = jax.lax.rsqrt(v + eps)
+    # ||diag(r) M||_F from the row sums of M², so U is never written to memory: the parameter
+    # kernel computes it from M (one pass and one full-size temporary fewer than `_rescale`).
+    norm = jnp.sqrt(jnp.sum(jnp.square(row_scale) * jnp.sum(jnp.square(m), axis=-1), axis=-1,
+                           keepdims=True))
+    return m * (row_scale * _rms_factor(norm, m.shape))[..., None], v
 
   return _scale_by_sided("scale_by_dasgo", momentum, dimension_numbers, precondition_shape,
                          preconditioned)
