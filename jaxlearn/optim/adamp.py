@@ -37,12 +37,13 @@ depends on it, so `scale_by_adamp` / `scale_by_sgdp` add the (decoupled) decay t
 the aliases chain them with the learning-rate step only. As in the official code the decay is
 multiplied by the learning rate: `w <- w - lr * (direction + weight_decay * ratio * w)`.
 
-Step cost: the four per-channel sums are one pass each over the leaf (the products fused into
-the sums), and the whole-leaf sums are totals of the per-channel ones (an `optimization_barrier`
-keeps XLA from folding them back into full passes that write the products out). AdamP's
-compiled CPU step accesses 72 bytes per float32 parameter (ideal 28; it was 120), SGDP's 49
-(ideal 20; it was 96): the per-channel sums are reductions, which XLA:CPU runs as passes of their
-own (`tests/optim/test_step_cost.py` lists them).
+Step cost: the four per-channel sums are one variadic reduction, a single pass over g, w and
+the direction p (a large leaf's rows summed in blocks, see `_channel_sums`), and the whole-leaf
+sums and the largest channel cosine are one small reduction of the per-channel ones. AdamP's
+compiled CPU step accesses 62 bytes per float32 parameter (ideal 28; it was 72, and 120 before
+that), SGDP's 38 (ideal 20; it was 48): beyond one pass per buffer, the sums are a pass of their
+own, and AdamP writes its direction p out once, as the sums and the update both read it
+(`tests/optim/test_step_cost.py` lists the passes).
 """
 
 from __future__ import annotations
@@ -119,6 +120,43 @@ def _abs_cosine(dot, g_sq, w_sq, eps):
   return jnp.abs(dot) / (jnp.maximum(jnp.sqrt(g_sq), eps) * jnp.maximum(jnp.sqrt(w_sq), eps))
 
 
+_BLOCK_ROWS = 16  # rows added per step of a blocked column sum
+_CACHED_SIZE = 1 << 16  # elements: a leaf this small is summed in one step (it stays in cache)
+
+
+def _sums(operands, axes):
+  """Sums of each operand over `axes`, as one variadic reduction: one pass for all of them."""
+  zero = jnp.zeros((), operands[0].dtype)
+  return jax.lax.reduce(tuple(operands), (zero,) * len(operands),
+                        lambda a, b: tuple(x + y for x, y in zip(a, b)), axes)
+
+
+def _channel_sums(operands, axis):
+  """Per-channel sums (over every axis but `axis`) of operands of one shape, in one pass.
+
+  A variadic sum over the contiguous minor axes runs at memory speed on XLA:CPU, but one over
+  a major axis (the rows, when the channels are the last axis) runs element by element with
+  strided reads, many times slower once the leaf outgrows the cache: the rows of a large leaf
+  are summed in blocks of at most `_BLOCK_ROWS` instead (each step streams through its input
+  and writes sums `_BLOCK_ROWS` times smaller; rows with no divisor up to `_BLOCK_ROWS` are
+  summed in one step).
+  """
+  shape = operands[0].shape
+  if math.prod(shape) <= _CACHED_SIZE:
+    return _sums(operands, tuple(a for a in range(len(shape)) if a != axis))
+  major, channels, minor = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+  sums = [x.reshape(major, channels, minor) for x in operands]
+  sums = _sums(sums, (2,)) if minor > 1 else [x.reshape(major, channels) for x in sums]
+  rows = major
+  while rows > _BLOCK_ROWS:
+    block = max(b for b in range(1, _BLOCK_ROWS + 1) if rows % b == 0)
+    if block == 1:
+      break
+    rows //= block
+    sums = _sums([x.reshape(rows, block, channels) for x in sums], (1,))
+  return _sums(sums, (0,))
+
+
 def project_scale_invariant(
     direction: jax.Array,
     param: jax.Array,
@@ -157,24 +195,26 @@ def project_scale_invariant(
   axis = _checks.check_axis("channel_axis", channel_axis, param.ndim)
   per_channel = _common.unit_axes(param.ndim, channel_axis)
   channel_size = param.size // param.shape[axis]
-  # |g|·|g| is g·g, but not the expression of Adam's g², which XLA would otherwise share with
-  # the second moment and write out instead of fusing it into this sum.
-  sums = [jnp.sum(a * b, axis=per_channel, keepdims=True)
-          for a, b in ((grad, param), (jnp.abs(grad), jnp.abs(grad)), (param, param),
-                       (param, direction))]
-  # The barrier keeps XLA from folding the whole-leaf totals below back into second full passes
-  # over the products (which then get written out instead of fused into the sums).
-  sums = jax.lax.optimization_barrier(sums)
-  g_dot_w, g_sq, w_sq, w_dot_p = sums
-  by_channel = jnp.max(_abs_cosine(g_dot_w, g_sq, w_sq, eps)) < delta / math.sqrt(channel_size)
-  layer_g_dot_w, layer_g_sq, layer_w_sq, layer_w_dot_p = (jnp.sum(s) for s in sums)
+  # The four sums in one pass over g, w and p. |g|·|g| is g·g, but not the expression of Adam's
+  # g², which XLA would otherwise share with the second moment and write out instead of fusing
+  # it into this sum.
+  products = (grad * param, jnp.abs(grad) * jnp.abs(grad), param * param, param * direction)
+  g_dot_w, g_sq, w_sq, w_dot_p = _channel_sums(products, axis)
+  # The whole-leaf totals and the channels' largest cosine: one small variadic reduction (one
+  # kernel rather than five).
+  inits = (jnp.zeros((), param.dtype),) * 4 + (jnp.array(-jnp.inf, param.dtype),)
+  layer_g_dot_w, layer_g_sq, layer_w_sq, layer_w_dot_p, max_cosine = jax.lax.reduce(
+      (g_dot_w, g_sq, w_sq, w_dot_p, _abs_cosine(g_dot_w, g_sq, w_sq, eps)), inits,
+      lambda a, b: tuple(x + y for x, y in zip(a[:4], b[:4])) + (jnp.maximum(a[4], b[4]),),
+      (0,))
+  by_channel = max_cosine < delta / math.sqrt(channel_size)
   by_layer = _abs_cosine(layer_g_dot_w, layer_g_sq, layer_w_sq, eps) < delta / math.sqrt(
       param.size
   )
   channel_radial = w_dot_p / jnp.square(jnp.sqrt(w_sq) + eps)
   layer_radial = layer_w_dot_p / jnp.square(jnp.sqrt(layer_w_sq) + eps)
   radial = jnp.where(by_channel, channel_radial, jnp.where(by_layer, layer_radial, 0.0))
-  return direction - param * radial, by_channel | by_layer
+  return direction - param * jnp.expand_dims(radial, per_channel), by_channel | by_layer
 
 
 def _check_channel_axis(channel_axis: Any) -> int:
@@ -313,6 +353,9 @@ def scale_by_adamp(
       # The official code's eps placement: sqrt(v_hat) + eps (pytorch-optimizer differs).
       return first / (jnp.sqrt(v / correction2) + eps)
 
+    # The direction is written out once for the projection's sums and the update: recomputed
+    # inside the sums' reduction, XLA:CPU runs its sqrt and divisions as scalar code, several
+    # times slower than the pass it would save.
     directions = jax.tree.map(direction, updates, mu, nu)
     # Projection is linear in the direction, so the 1/(1 - b1^t) step scale can come first;
     # the decay term is not bias-corrected (the official code applies it with the bare lr).
