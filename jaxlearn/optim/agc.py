@@ -93,14 +93,14 @@ def adaptive_grad_clip(
 
   def update_fn(updates, state, params=None):
     _common.require_params(params, "adaptive_grad_clip", updates=updates)
-    clip = lambda g, w: _clip_unitwise(g, w, clipping, eps, _unit_axes(w, axis))
+    clip = lambda g, w: clip_unitwise(g, w, clipping, eps, agc_unit_axes(w, axis))
     return jax.tree.map(clip, updates, params), state
 
   transform = _common.compute_in_float32(optax.GradientTransformation(init_fn, update_fn))
   return _common.with_params_check(transform, "adaptive_grad_clip")
 
 
-def _unit_axes(w: jax.Array, axis: Any) -> Any:
+def agc_unit_axes(w: jax.Array, axis: Any) -> Any:
   """The axes one unit's norm reduces over (None: the whole leaf), as optax chooses them."""
   if axis is not None:
     return axis
@@ -112,7 +112,7 @@ def _unit_axes(w: jax.Array, axis: Any) -> Any:
   return by_rank[w.ndim]
 
 
-def _clip_unitwise(g, w, clipping, eps, axes):
+def clip_unitwise(g, w, clipping, eps, axes):
   """g * min(1, clipping * max(‖w_i‖, eps) / ‖g_i‖), unit by unit."""
   norm = lambda x: jnp.sqrt(jnp.sum(jnp.square(jnp.abs(x)), axis=axes, keepdims=True))
   max_norm = clipping * jnp.maximum(norm(w), eps)

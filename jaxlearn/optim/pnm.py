@@ -24,7 +24,9 @@ adds Adam's second moment, with the AMSGrad maximum by default (official default
   u_t &= \frac{d_t}{(1 - \beta_1^t)\,\bigl(\sqrt{v^{\max}_t / (1 - \beta_2^t)} + \varepsilon\bigr)} .
 
 With `softplus_beta` the denominator becomes `softplus_beta(sqrt(v_max / (1 - b2^t)) + eps)`, as in
-Ranger21's official code (see `jaxlearn.optim.softplus`). The first bias correction is
+Ranger21's official code (see `jaxlearn.optim.softplus`; computed as
+`nonnegative_softplus_denominator`, within one float32 ulp of `jax.nn.softplus` and about twice as
+fast on XLA:CPU). The first bias correction is
 `1 - b1**t` (not `b1**2`), as in the official code. Defaults follow the official code:
 b1 = 0.9, b2 = 0.999, b0 = 1.0.
 
@@ -41,7 +43,9 @@ Step cost: each new buffer is computed from its own old buffer only, and the dir
 new buffers (the one not updated this step equals its old value). Reading an old buffer after
 the new one has overwritten it in place (donated state) makes XLA copy every buffer first: PNM's
 compiled CPU step accesses 40 bytes per float32 parameter instead of 68 (ideal 28; one kernel per
-output, as `optax.adam`), AdaPNM's 68 instead of 96 (ideal 44).
+output, as `optax.adam`), AdaPNM's 68 instead of 96 (ideal 44): five outputs, one kernel each on
+XLA:CPU (no multi-output fusion), each state kernel reading its own old buffer (12 each) and the
+parameter kernel p and the three buffers the direction needs (20), the minimum in that model.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from optax._src import numerics
 
 from jaxlearn import _checks
 from jaxlearn.optim import _common
-from jaxlearn.optim.softplus import softplus_denominator
+from jaxlearn.optim.softplus import nonnegative_softplus_denominator
 
 __all__ = [
     "scale_by_pnm",
@@ -227,7 +231,7 @@ def scale_by_adapnm(
 
   def denominator(v, root_correction2):
     root = jnp.sqrt(v) / root_correction2 + eps
-    return root if softplus_beta is None else softplus_denominator(root, softplus_beta)
+    return root if softplus_beta is None else nonnegative_softplus_denominator(root, softplus_beta)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from jaxlearn import optim, registry
+from jaxlearn._compile import fast_jit
 
 STEPS = 16  # with num_iterations=16: warmup 3 steps, warmdown from step 11, Lookahead at 5, 10, 15
 
@@ -280,6 +281,43 @@ def test_bfloat16_params_keep_dtype_and_float32_state():
   assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
   float_leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
   assert float_leaves and all(x.dtype == jnp.float32 for x in float_leaves)
+
+
+@pytest.mark.parametrize("flags", [(True, True, True), (True, False, True), (False, True, True),
+                                   (True, True, False), (False, False, True)],
+                         ids=["all", "no_gc", "no_agc", "no_gn", "gn_only"])
+def test_fused_preprocessing_equals_the_parts_in_turn(flags):
+  """ranger21 runs AGC, centralization and normalization as one function of each leaf
+  (ranger21.py `_preprocess_leaf`): the same chain and state as the parts in turn, equal to
+  float32 rounding, on every kind of leaf (rank-3 and (1, n) kernels take the parts in turn)."""
+  use_agc, use_gc, use_gn = flags
+  rng = np.random.default_rng(5)
+  shapes = {"dense": (6, 5), "conv": (3, 3, 2, 4), "rank3": (3, 4, 5), "row": (1, 6),
+            "bias": (7,), "pair": (2,), "scalar": ()}
+  params = {n: jnp.asarray(rng.normal(size=s), jnp.float32) for n, s in shapes.items()}
+  # Per-unit offsets and scales: some units clipped by AGC, some not.
+  grads = [{n: jnp.asarray((rng.normal(size=s) + rng.normal(size=s[-1:] if s else ()))
+                           * 10.0 ** rng.integers(-4, 1, size=s[-1:] if s else ()), jnp.float32)
+            for n, s in shapes.items()} for _ in range(3)]
+  fused = optim.ranger21(1e-2, 100, use_agc=use_agc, use_gc=use_gc, use_gn=use_gn)
+  parts = [optim.adaptive_grad_clip(1e-2, 1e-3)] if use_agc else []
+  parts += [optim.centralize_gradients()] if use_gc else []
+  parts += [optim.normalize_gradients(1e-8)] if use_gn else []
+  plain = optax.chain(*parts, *[optax.with_extra_args_support(t) for t in (
+      optim.with_stable_weight_decay(optim.scale_by_adapnm(softplus_beta=50.0), 1e-4,
+                                     inner_nu=lambda state: state.nu),
+      optim.add_norm_loss(1e-4, 1e-8),
+      optax.scale_by_learning_rate(optim.ranger21_schedule(1e-2, 100)),
+      optim.lookahead_sync(5, 0.5))])
+  fused_state, plain_state = fused.init(params), plain.init(params)
+  assert jax.tree.structure(fused_state) == jax.tree.structure(plain_state)
+  fused_step, plain_step = fast_jit(fused.update), fast_jit(plain.update)
+  for g in grads:
+    got, fused_state = fused_step(g, fused_state, params)
+    want, plain_state = plain_step(g, plain_state, params)
+    for n in shapes:  # atol: float32 rounding of the leaf's scale, for cancelled entries
+      atol = 1e-6 * float(np.max(np.abs(want[n])))
+      np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=atol, err_msg=n)
 
 
 def test_zero_gradients_stay_finite():
