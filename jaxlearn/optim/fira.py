@@ -56,9 +56,9 @@ Choices and differences, each tested in `tests/optim/test_fira.py`:
   refresh without rotation, so from the second refresh on the steps depend on the SVD routine
   (routines and devices may choose differently). `scale_by_fira` flips each kept singular
   vector so that its largest-magnitude entry is positive.
-* **Sweeps.** The refresh is a `lax.cond`; under `vmap` (a vmapped learning-rate sweep) a
-  custom batching rule keeps it a branch taken when any run refreshes, instead of the `select`
-  that would compute an SVD at every step.
+* **Sweeps.** The refresh is one `lax.cond` for all the matrices; under `vmap` (a vmapped
+  learning-rate sweep) a custom batching rule keeps it a branch taken when any run refreshes,
+  instead of the `select` that would compute an SVD at every step.
 * **Sharding.** The low-rank moments, projectors and norms are not shaped like their
   parameter, so `jaxlearn.train.parallel.like_params` replicates them; the moments of the
   leaves that are not matrices follow their parameter.
@@ -70,6 +70,7 @@ Choices and differences, each tested in `tests/optim/test_fira.py`:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -152,9 +153,8 @@ def _canonical_signs(projector: jax.Array, right: bool) -> jax.Array:
   return projector * jnp.where(sign == 0, 1.0, sign)
 
 
-def _refresh_if(pred: jax.Array, compute: Callable[[jax.Array], jax.Array], x: jax.Array,
-                old: jax.Array) -> jax.Array:
-  """`compute(x)` if `pred` else `old`, as `lax.cond`, and still a branch under `vmap`.
+def _refresh_if(pred: jax.Array, compute: Callable[[Any], Any], x: Any, old: Any) -> Any:
+  """`compute(x)` if `pred` else `old` (pytrees), as `lax.cond`, and still a branch under `vmap`.
 
   `vmap` turns a `lax.cond` with a batched predicate into a `select` that computes both branches:
   an SVD at every step of a vmapped sweep. Here a batched predicate runs `compute` on the whole
@@ -168,13 +168,45 @@ def _refresh_if(pred: jax.Array, compute: Callable[[jax.Array], jax.Array], x: j
 
   @refreshed.def_vmap
   def batched(axis_size, in_batched, pred, x, old):
-    pred, x, old = (value if is_batched else jnp.broadcast_to(value, (axis_size, *value.shape))
-                    for value, is_batched in zip((pred, x, old), in_batched))
-    chosen = pred.reshape((axis_size,) + (1,) * (old.ndim - 1))
-    fresh = lambda: jnp.where(chosen, jax.vmap(compute)(x), old)
-    return jax.lax.cond(jnp.any(pred), fresh, lambda: old), True
+    broadcast = lambda value, is_batched: (
+        value if is_batched else jnp.broadcast_to(value, (axis_size, *value.shape)))
+    pred_batched, x_batched, old_batched = in_batched
+    pred = broadcast(pred, pred_batched)
+    x = jax.tree.map(broadcast, x, x_batched)
+    old = jax.tree.map(broadcast, old, old_batched)
+
+    def fresh():
+      choose = lambda new, kept: jnp.where(
+          pred.reshape((axis_size,) + (1,) * (kept.ndim - 1)), new, kept)
+      return jax.tree.map(choose, jax.vmap(compute)(x), old)
+
+    return jax.lax.cond(jnp.any(pred), fresh, lambda: old), jax.tree.map(lambda _: True, old)
 
   return refreshed(pred, x, old)
+
+
+# Up to this rank the back-projection in the update is a sum of outer products (`_back`) that
+# XLA fuses into the parameter's kernel; above it, r multiply-adds per entry would make that
+# kernel compute-bound, and a matrix product (written and read back) is used instead.
+_MAX_FUSED_RANK = 16
+
+
+def _back(x: jax.Array, projector: jax.Array, right: bool) -> jax.Array:
+  """`matrix.project_back(x, projector)`, elementwise for ranks up to `_MAX_FUSED_RANK`.
+
+  As a sum of `rank` outer products XLA fuses it into the kernel that reads it (the parameter
+  update) instead of writing a full-size product and reading it back: one pass fewer.
+  """
+  rank = x.shape[-1] if right else x.shape[-2]
+  if rank > _MAX_FUSED_RANK:
+    return matrix.project_back(x, projector, right=right)
+  column = lambda a, k: jax.lax.slice_in_dim(a, k, k + 1, axis=-1)  # lax: cheaper to trace
+  row = lambda a, k: jax.lax.slice_in_dim(a, k, k + 1, axis=-2)
+  if right:  # x (b, m, r) @ p (b, r, n)
+    terms = (column(x, k) * row(projector, k) for k in range(rank))
+  else:  # p (b, m, r) @ x (b, r, n)
+    terms = (column(projector, k) * row(x, k) for k in range(rank))
+  return functools.reduce(jnp.add, terms)
 
 
 def scale_by_fira(
@@ -262,32 +294,47 @@ def scale_by_fira(
     # m = 0 wherever every gradient so far was 0: no step instead of 0/0 at eps = 0.
     return jnp.where(m == 0, 0.0, scale * m / (jnp.sqrt(v) + eps))
 
-  def matrix_update(g, m, v, projector, norm, spec, count, scale):
-    # On a replicated copy (a no-op unless an explicit mesh shards the leaf): the SVD and the
-    # projections contract over the sharded axes; the moments and projector are replicated.
-    x = matrix.to_matrices(matrix.replicated(g.astype(m.dtype)), spec)
+  def refresh(count, matrices, projectors):
+    """The projectors, refreshed every `update_proj_gap` updates, in one `lax.cond` for all the
+    matrix leaves instead of one per leaf. (Not one batched SVD per shape: taking each leaf's
+    slice out of the batch is a distinct kernel per leaf, which XLA:CPU compiles more slowly
+    than the identical per-leaf SVD kernels it compiles once.)"""
+    if not matrices:
+      return projectors
+
+    def compute(xs):
+      fresh = []
+      for x, projector in zip(xs, projectors):
+        right = matrix.projects_right(x.shape, side)
+        kept = projector.shape[-2] if right else projector.shape[-1]  # this leaf's rank
+        new = _canonical_signs(matrix.top_r_projector(x, kept, side=side), right)
+        fresh.append(new.astype(projector.dtype))
+      return fresh
+
+    return _refresh_if(count % update_proj_gap == 0, compute, matrices, projectors)
+
+  def matrix_update(g, x, m, v, projector, norm, first, scale):
     right = matrix.projects_right(x.shape, side)
-    kept = projector.shape[-2] if right else projector.shape[-1]  # this leaf's rank
-    fresh = lambda x: _canonical_signs(matrix.top_r_projector(x, kept, side=side), right)
-    projector = _refresh_if(count % update_proj_gap == 0, lambda x: fresh(x).astype(m.dtype), x,
-                            projector)
     r = matrix.project(x, projector, right=right).astype(m.dtype)
     m = matrix.state_sharded_like(b1 * m + (1.0 - b1) * r, g)
     v = matrix.state_sharded_like(b2 * v + (1.0 - b2) * r * r, g)
     n = adam_direction(m, v, 1.0)
-    direction = alpha * matrix.project_back(n, projector, right=right)
-    if residual:
-      axis = -1 if right else -2  # the rank axis: one factor per kept row / column
-      phi = (jnp.linalg.norm(n, axis=axis, keepdims=True)
-             / (jnp.linalg.norm(r, axis=axis, keepdims=True) + _TINY))
-      s = (x - alpha * matrix.project_back(r, projector, right=right)) * phi
-      s_norm = jnp.linalg.norm(s, axis=(-2, -1))
-      limit = jnp.maximum(s_norm / (norm + _TINY), GROWTH_LIMIT) / GROWTH_LIMIT
-      limit = jnp.where(count == 0, 1.0, limit)  # the first residual sets the reference
-      direction = direction + s / limit[:, None, None]
-      norm = s_norm / limit
-    update = matrix.sharded_like(matrix.from_matrices(scale * direction, spec, g.shape), g)
-    return update.astype(g.dtype), m, v, projector, norm
+    if not residual:
+      return scale * (alpha * _back(n, projector, right)), m, v, norm
+    axis = -1 if right else -2  # the rank axis: one factor per kept row / column
+    phi = (jnp.linalg.norm(n, axis=axis, keepdims=True)
+           / (jnp.linalg.norm(r, axis=axis, keepdims=True) + _TINY))
+    # One more pass over the gradient (a reduction: the limiter needs it before any parameter
+    # moves); XLA:CPU fuses the rank-r product into it rather than writing it.
+    s_norm = jnp.linalg.norm(
+        (x - alpha * matrix.project_back(r, projector, right=right)) * phi, axis=(-2, -1))
+    limit = jnp.maximum(s_norm / (norm + _TINY), GROWTH_LIMIT) / GROWTH_LIMIT
+    limit = jnp.where(first, 1.0, limit)  # the first residual sets the reference
+    factor = phi / limit[:, None, None]
+    # α back(N) + (G - α back(R)) φ / ℓ as G φ / ℓ + α back(N - R φ / ℓ): one back-projection,
+    # fused into the parameter's kernel (no full-size product written and read back).
+    direction = x * factor + alpha * _back(n - r * factor, projector, right)
+    return scale * direction, m, v, s_norm / limit
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
@@ -295,17 +342,28 @@ def scale_by_fira(
     count = numerics.safe_increment(state.count)
     leaves, treedef = jax.tree.flatten(updates)
     flat = lambda tree: treedef.flatten_up_to(tree)
+    mus, nus, projectors, norms = (flat(tree) for tree in (state.mu, state.nu, state.projector,
+                                                           state.residual_norm))
+    is_matrix = [spec is not None for spec in specs]
+    # On a replicated copy (a no-op unless an explicit mesh shards the leaf): the SVD and the
+    # projections contract over the sharded axes; the moments and projector are replicated.
+    matrices = [matrix.to_matrices(matrix.replicated(g.astype(m.dtype)), spec)
+                for g, m, spec in zip(leaves, mus, specs) if spec is not None]
+    fresh = iter(refresh(state.count, matrices, [p for p, on in zip(projectors, is_matrix) if on]))
+    projectors = [next(fresh) if on else p for p, on in zip(projectors, is_matrix)]
+    xs = iter(matrices)
     scale = _common.folded_bias_correction(b1, b2, count.astype(jnp.float32))
+    first = state.count == 0
     outputs = []
-    for g, m, v, projector, norm, spec in zip(leaves, flat(state.mu), flat(state.nu),
-                                              flat(state.projector), flat(state.residual_norm),
-                                              specs):
+    for g, m, v, projector, norm, spec in zip(leaves, mus, nus, projectors, norms, specs):
       if spec is None:
         m = _common.update_moment(g, m, b1)
         v = _common.update_moment(g, v, b2, order=2)
         outputs.append((adam_direction(m, v, scale).astype(g.dtype), m, v, projector, norm))
-      else:
-        outputs.append(matrix_update(g, m, v, projector, norm, spec, state.count, scale))
+        continue
+      step, m, v, norm = matrix_update(g, next(xs), m, v, projector, norm, first, scale)
+      update = matrix.sharded_like(matrix.from_matrices(step, spec, g.shape), g)
+      outputs.append((update.astype(g.dtype), m, v, projector, norm))
     fields = [jax.tree.unflatten(treedef, list(column)) for column in zip(*outputs)]
     new_updates, mu, nu, projector, norms = fields
     return new_updates, ScaleByFiraState(count, mu, nu, projector, norms)
