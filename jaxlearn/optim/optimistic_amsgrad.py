@@ -65,16 +65,27 @@ class ScaleByOptimisticAMSGradState(NamedTuple):
     mu: θ_t, the EMA of the gradients.
     nu: v_t, the EMA of the squared prediction errors.
     nu_max: v̂_t, the running maximum of v_t.
-    history: the last `span + 1` gradients, stacked on a leading axis, newest last.
+    history: per leaf, a ring of `span + 1` slots: the last gradient in slot
+      `count % (span + 1)` and, cyclically after it, the last `span` gradient differences,
+      oldest first. Together they hold the last `span + 1` gradients; a step writes two slots in
+      place (the new difference over the previous gradient, the new gradient over the oldest
+      difference) instead of shifting them all.
     pending: `c_t h_{t+1} / (sqrt(v̂_t) + eps)`, the optimistic half-step taken last time, which
       the next step retracts (the next iterate starts from `w_{t+1/2}`).
+    gram: (leaves, span, span): each leaf's Gram matrix of its last `span` differences, oldest
+      first, kept up to date one new row per step.
+    leaf_index: per leaf, its row in `gram` (int32). Read at run time, so that every leaf of a
+      shape compiles to the same kernels: a constant row offset made each leaf's kernels
+      distinct, each compiled separately (half the compile time).
 
   Example:
     >>> import jax.numpy as jnp
     >>> from jaxlearn.optim import scale_by_optimistic_amsgrad
     >>> state = scale_by_optimistic_amsgrad(span=3).init({"w": jnp.ones(2)})
-    >>> state.history["w"].shape  # the last span + 1 gradients, for the extrapolation
+    >>> state.history["w"].shape  # span differences and the last gradient
     (4, 2)
+    >>> state.gram.shape  # one leaf's 3 x 3 Gram matrix of the differences
+    (1, 3, 3)
   """
 
   count: jax.Array
@@ -83,6 +94,8 @@ class ScaleByOptimisticAMSGradState(NamedTuple):
   nu_max: optax.Updates
   history: optax.Updates
   pending: optax.Updates
+  gram: jax.Array
+  leaf_index: Any
 
 
 def rmpe_extrapolate(sequence: jax.Array, ridge: float | jax.Array = 1e-3) -> jax.Array:
@@ -140,20 +153,67 @@ def _combine(coefficients: jax.Array, points: jax.Array) -> jax.Array:
   return jnp.tensordot(coefficients, points[1:], 1, precision=jax.lax.Precision.HIGHEST)
 
 
-def _predictions(history, count: jax.Array, ridge) -> Any:
-  """Every leaf's extrapolated gradient (`rmpe_extrapolate`), with ONE batched solve for all the
-  leaves' Gram matrices: a solve per leaf made compile time grow faster than the leaf count.
-  Before span + 1 gradients exist the extrapolation runs on zeros (finite) and is discarded."""
+def _predictions(updates, history, gram: jax.Array, leaf_index, count: jax.Array, ridge):
+  """Every leaf's extrapolated gradient (`rmpe_extrapolate` of its last span + 1 gradients), the
+  new history and the new Gram matrices.
+
+  Each leaf's history is a ring of span + 1 slots: the last gradient in slot `count % (span +
+  1)`, then its span differences, oldest first (cyclically). A step overwrites the previous
+  gradient's slot with the new difference and the oldest difference's slot with the new
+  gradient, both in place (shifting a stack of gradients rewrote all the slots), and writes no
+  other difference: the new one's dot products with the slots (one pass) give the one new row
+  of each Gram matrix, whose other entries are the previous step's. The Gram matrix is still
+  one of differences, each entry a dot product of two of them (a Gram matrix of the points
+  would lose the differences' digits to cancellation). With `c` the RMPE coefficients of the
+  points `x_1..x_r` (`x_r` = g, differences `D_l = x_{l+1} - x_l`, oldest first) and
+  `sum(c) = 1`, the prediction `sum_j c_j x_{j+1}` is `g - sum_l C_l D_l`, `C_l` the sum of the
+  coefficients before `l`: a second pass over the same slots, after the solve. ONE batched
+  solve serves all the leaves (a solve per leaf made compile time grow faster than the leaf
+  count). Before span + 1 gradients exist the prediction is 0.
+  """
   leaves, treedef = jax.tree.flatten(history)
   if not leaves:
-    return history
-  points_and_grams = [_points_and_gram(h) for h in leaves]
-  coefficients = _coefficients(jnp.stack([gram for _, gram in points_and_grams]), ridge)
-  predictions = [
-      jnp.where(count >= h.shape[0], _combine(c, points), 0.0).astype(h.dtype)
-      for h, c, (points, _) in zip(leaves, coefficients, points_and_grams)
-  ]
-  return jax.tree.unflatten(treedef, predictions)
+    return history, history, gram
+  grads = treedef.flatten_up_to(updates)
+  indices = treedef.flatten_up_to(leaf_index)
+  span = gram.shape[-1]
+  previous, current = jnp.mod(count - 1, span + 1), jnp.mod(count, span + 1)
+  new_leaves, rows = [], []
+  for h, g in zip(leaves, grads):
+    g = g.astype(h.dtype)
+    difference = g - jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)
+    h = jax.lax.dynamic_update_index_in_dim(h, difference, previous, 0)
+    h = jax.lax.dynamic_update_index_in_dim(h, g, current, 0)
+    if g.ndim < 2:
+      # XLA:CPU would recompute a vector's difference from the old slots inside this reduction,
+      # which then must copy them before they are overwritten: read it back from the new ones.
+      difference = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)
+    rows.append(jnp.sum(h * difference, axis=tuple(range(1, h.ndim))))
+    new_leaves.append(h)
+  # The slot of the k-th oldest difference, k = 0..span-1.
+  order = jnp.mod(current + 1 + jnp.arange(span), span + 1)
+  row = jnp.take(jnp.stack(rows), order, axis=1)  # (leaves, span), oldest first
+  last = jnp.arange(span) == span - 1
+  shifted = jnp.pad(gram[:, 1:, 1:], ((0, 0), (0, 1), (0, 1)))
+  gram = jnp.where(last[:, None], row[:, None, :], jnp.where(last, row[:, :, None], shifted))
+  coefficients = _coefficients(gram, ridge)
+  # The slots' weights: 1 for the gradient, -C_l for the l-th oldest difference; 0 before span +
+  # 1 gradients exist. As one small matrix product, so that XLA computes them once: fused into
+  # the per-parameter kernels, the cumulative sums and the permutation ran once per element.
+  source = jnp.arange(span + 1)[:, None]  # coefficients c_0..c_{span-1}, then a constant 1
+  age = jnp.mod(jnp.arange(span + 1) - current - 1, span + 1)[None, :]  # of the slot; span: g
+  mapping = jnp.where(age == span, (source == span).astype(coefficients.dtype),
+                      -(source < age).astype(coefficients.dtype))
+  mapping = jnp.where(count >= span + 1, mapping, 0.0)
+  weights = jnp.dot(jnp.concatenate([coefficients, jnp.ones_like(coefficients[:, :1])], axis=-1),
+                    mapping, precision=jax.lax.Precision.HIGHEST)
+  # Slot by slot: as a reduction over the stack's leading axis, XLA:CPU took a minute per step.
+  predictions = []
+  for i, h in zip(indices, new_leaves):
+    w = jax.lax.dynamic_index_in_dim(weights, i, 0, keepdims=False)
+    predictions.append(sum(w[j] * h[j] for j in range(span + 1)))
+  return (jax.tree.unflatten(treedef, predictions), jax.tree.unflatten(treedef, new_leaves),
+          gram)
 
 
 def _check_span(span) -> int | None:
@@ -241,6 +301,7 @@ def scale_by_optimistic_amsgrad(
           "length); with inject_hyperparams under jit, pass static_args=('span',)"
       )
     zeros = lambda: jax.tree.map(_float32_zeros, params)
+    leaves, treedef = jax.tree.flatten(params)
     return ScaleByOptimisticAMSGradState(
         count=jnp.zeros([], jnp.int32),
         mu=zeros(),
@@ -248,6 +309,9 @@ def scale_by_optimistic_amsgrad(
         nu_max=zeros(),
         history=jax.tree.map(lambda p: _float32_zeros(p, (span + 1,)), params),
         pending=zeros(),
+        gram=jnp.zeros((len(leaves), span, span), jnp.float32),
+        leaf_index=jax.tree.unflatten(treedef, [jnp.asarray(i, jnp.int32)
+                                                for i in range(len(leaves))]),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -257,18 +321,16 @@ def scale_by_optimistic_amsgrad(
     step = count.astype(jnp.float32)
     correction = _common.folded_bias_correction(b1, b2, step)
 
-    history = jax.tree.map(
-        lambda h, g: jnp.concatenate([h[1:], g.astype(h.dtype)[None]], axis=0),
-        state.history,
-        updates,
-    )
-    prediction = _predictions(history, count, ridge)
-    optimistic = _common.update_moment(prediction, state.mu, b1)  # h_{t+1}, from θ_{t-1}
+    prediction, history, gram = _predictions(
+        updates, state.history, state.gram, state.leaf_index, count, ridge)
     mu = _common.update_moment(updates, state.mu, b1)
     errors = jax.tree.map(lambda g, p: g.astype(p.dtype) - p, updates, prediction)
     nu = _common.update_moment(errors, state.nu, b2, order=2)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
     denominators = jax.tree.map(lambda v: jnp.sqrt(v) + eps, nu_max)
+    # h_{t+1} = b1 θ_{t-1} + (1 - b1) m_{t+1}, written as θ_t - (1 - b1)(g_t - m_{t+1}) so that
+    # only θ's own kernel reads the donated θ_{t-1} (another reader costs a copy of it).
+    optimistic = jax.tree.map(lambda m, e: m - (1.0 - b1) * e, mu, errors)
     pending = jax.tree.map(lambda h, d: correction * h / d, optimistic, denominators)
     directions = jax.tree.map(
         lambda m, d, new, old, g: (correction * m / d + new - old).astype(g.dtype),
@@ -278,7 +340,8 @@ def scale_by_optimistic_amsgrad(
         state.pending,
         updates,
     )
-    new_state = ScaleByOptimisticAMSGradState(count, mu, nu, nu_max, history, pending)
+    new_state = ScaleByOptimisticAMSGradState(
+        count, mu, nu, nu_max, history, pending, gram, state.leaf_index)
     return directions, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
