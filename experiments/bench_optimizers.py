@@ -26,10 +26,16 @@ of where extra bytes go (`tests/optim/test_step_cost.py` guards the ratios in CI
 the bytes has two usual causes on XLA:CPU, also reported: transcendental functions (Ranger21's
 softplus: exp and log1p per element), and full-size temporary buffers, which XLA:CPU allocates
 afresh at every execution: above glibc's mmap threshold (32 MB at most) they come back as new
-pages, one page fault per 4 kB per step (`temp_bytes_per_param`, `page_faults_per_step`). Last, a
+pages, one page fault per 4 kB per step (`temp_bytes_per_param`, `page_faults_per_step`); the
+steps that page-fault are timed again against their floor with glibc keeping freed memory
+(`keep_freed_memory`, after every other timing), which shows what the faults cost. Last, a
 leaf-count sweep compiles each step on trees of 10 to 1,000 leaves ((32, 32) kernels and
 biases) and reports compile seconds (process CPU time, so other processes' load counts less)
-against optax.adamw's and how they grow.
+against optax.adamw's and how they grow, with the number of kernels compiled (`kernel_count`:
+each fusion, copy or unfused op is its own LLVM function on XLA:CPU, and compile time follows
+that count). The goal is compile time within 1.5x of optax.adamw's at 1,000 leaves; a step that
+needs documented passes beyond one per buffer needs a kernel for each, so it is held to
+optax.adamw's time per kernel instead.
 
 --quick is a smoke run of the machinery: two optimizers with PyTorch counterparts on a ~40k
 parameter tree, three rounds, a 10-leaf sweep.
@@ -72,27 +78,40 @@ SLOW_STEP_S = 2.0  # a side slower than this per step is timed in fewer rounds
 EXTRA_PASSES = {
     BASELINE: "one kernel per output: m (12) + v (12) + params reading p, m, v (16) = 40",
     "jaxlearn.optim.adamp": (
-        "Adam's 40, plus the per-channel sums of the scale-invariance test and the projection: "
-        "g.w (8), |g|^2 (4), |w|^2 (4), w.d (8); the direction d is written once for w.d and "
-        "the update (+8), a temporary buffer (4 B/param, page-faulted at every step)"),
+        "m (12) + v (12) + the direction d written once for the per-channel sums and the "
+        "update (12; a temporary buffer, 4 B/param, page-faulted at every step: recomputed "
+        "inside the sums' reduction instead, XLA:CPU runs its sqrt and divisions as scalar "
+        "code, ~10x slower) + the per-channel sums g.w, |g|^2, |w|^2, w.d as one variadic "
+        "reduction reading g, w, d (12, +2 for its 16-row block sums) + params reading w, d "
+        "(12) = 62"),
     "jaxlearn.optim.sgdp": (
-        "buffer (12) + params (12) + the per-channel sums g.w (8), |g|^2 (4), |w|^2 (4), "
-        "w.b (8)"),
+        "buffer (12) + the per-channel sums g.w, |g|^2, |w|^2, w.b as one variadic reduction "
+        "reading g, w, b (12, +2 for its 16-row block sums) + params reading w, b (12) = 38"),
     "jaxlearn.optim.adapnm": (
         "five outputs, one kernel each: two momenta, v, max v (12 each) and params reading p "
-        "and three state buffers (20) = 68"),
+        "and three state buffers (20) = 68. Each state kernel must read its old buffer (an old "
+        "buffer read after its new value overwrote it in place is copied first), and the "
+        "direction needs both momenta and max v: 68 is the minimum without multi-output fusion"),
     "jaxlearn.optim.adams": (
         "Adam's 40 plus the mean of v over all parameters (4), which every update needs before "
         "any parameter can be written"),
+    "jaxlearn.optim.dasgo": (
+        "momentum (12) and params (12), one kernel each, and the per-row sums of g^2 (for the "
+        "diagonal v) and of M^2 (for ||U||_F, which scales every update, so both reductions "
+        "run before any parameter is written) (4 each) = 32"),
     "jaxlearn.optim.grams": (
         "Adam's 40, and the update reads the gradient too, for its sign (+4)"),
     "jaxlearn.optim.ranger21": (
-        "AdaPNM's 68 plus its parts' reductions: AGC's unit norms of g and w, the centralizing "
-        "mean, the normalizing mean and variance, the stable-decay mean, each a pass, with "
-        "the clipped and the centralized gradient written once for them; Lookahead's update "
-        "is written for its conditional (a temporary buffer, page-faulted at every step; XLA's "
-        "count includes the synchronising branch, which runs one step in five). Its time is "
-        "mostly compute: the softplus denominator's exp and log1p per element"),
+        "AdaPNM's 68; the fused AGC, centralization and normalization read g twice (unit sums, "
+        "then unit spreads: the spread needs the mean) and w once, shared with the norm loss "
+        "(12); stable weight decay's mean of v (4); Lookahead's conditional takes the update as "
+        "an operand, so it is written once (+4, a temporary buffer page-faulted at every step) "
+        "and applied by its own kernel reading p and it (12); the synchronising branch writes "
+        "the slow weights (16) and the update onto them (12), which XLA counts although it runs "
+        "one step in five = 124. A select instead of the conditional makes XLA write the "
+        "softplus direction once for both outputs (a temporary all the same) and pass over the "
+        "slow weights at every step. Its time is partly compute: the softplus denominator's exp "
+        "and log per element (log(1 + exp(-y)), not log1p: twice as fast fused on XLA:CPU)"),
     "jaxlearn.optim.xgrad_adam": (
         "Adam's m and v (12 each), the direction m/(sqrt(v)+eps) written once (12) and read by "
         "two kernels, the stored update -lr*d (8) and the params (12) = 56: the update is an "
@@ -101,6 +120,29 @@ EXTRA_PASSES = {
         "xgrad_adam's 56 and a copy of the donated params (8: the stored update reads p for "
         "the decoupled decay, and XLA:CPU's copy insertion copies p before the parameter "
         "kernel overwrites it in place) = 68"),
+    "jaxlearn.optim.optimistic_amsgrad": (
+        "theta (12); the history, a ring of span + 1 slots (the last gradient and span "
+        "differences): the new difference g - g_prev written once (12), read by the two in-place "
+        "slot writes (8 each: it over g_prev, g over the oldest difference) and by the Gram "
+        "matrices' new row, its dot products with the slots (28; the other entries are kept "
+        "from earlier steps); after ONE batched solve for all leaves, the prediction, a weighted "
+        "sum of the slots: XLA:CPU fuses it into both its consumers, v reading g, the slots and "
+        "v (36) and the pending step reading theta, g, the slots and sqrt(max v) + eps (40); "
+        "max v (12); sqrt(max v) + eps written once for two kernels (8); the params reading p, "
+        "theta, it and both pending steps (24); and copies of the old and the new pending step "
+        "(16: the parameter kernel reads both, the new one overwrites the old one in place) = "
+        "204 against the ideal 92, which counts all span + 1 slots written. Its time beyond "
+        "the bytes: the temporary buffers (the difference, sqrt(max v) + eps, the pending "
+        "copies), page-faulted at every step, and the Gram row's reduction"),
+    "jaxlearn.optim.fira": (
+        "a matrix step (the ideal counts params and gradients: the state is low rank): per "
+        "matrix the projection G P^T reads G (4), the residual's Frobenius norm reads G again "
+        "(4: the growth limiter needs it before any parameter moves; XLA fuses the rank-r "
+        "product into that reduction), the parameter kernel reads p and G and writes p (12, "
+        "the back-projection fused as r outer products) = 20, the low-rank state and the "
+        "vectors' Adam (0.6); and XLA counts the projector refresh, the larger branch of its "
+        "conditional though it runs one step in T = 200: G copied into LAPACK's column-major "
+        "layout (8) and read by the SVD (4) = 32.6"),
 }
 
 
@@ -201,16 +243,22 @@ def cost(compiled) -> dict[str, float]:
           "flops": float(analysis.get("flops", math.nan))}
 
 
+_NOT_KERNELS = ("parameter", "tuple", "get-tuple-element", "constant", "bitcast")
 _DTYPE_BYTES = {"f64": 8, "f32": 4, "s32": 4, "u32": 4, "f16": 2, "bf16": 2, "s8": 1, "u8": 1,
                 "pred": 1, "s64": 8, "u64": 8}
 
 
+def _shapes(shape: str) -> list[str]:
+  """The array shapes in an HLO shape: itself, or a tuple's elements (a variadic reduction)."""
+  return re.findall(r"\w+\[[\d,]*\]", shape)
+
+
 def _shape_bytes(shape: str) -> int:
-  match = re.match(r"(\w+)\[([\d,]*)\]", shape)
-  if not match:
-    return 0
-  return math.prod(int(d) for d in match.group(2).split(",") if d) * _DTYPE_BYTES.get(
-      match.group(1), 4)
+  total = 0
+  for match in re.finditer(r"(\w+)\[([\d,]*)\]", shape):
+    total += math.prod(int(d) for d in match.group(2).split(",") if d) * _DTYPE_BYTES.get(
+        match.group(1), 4)
+  return total
 
 
 def leaf_kernels(hlo_text: str, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -222,15 +270,15 @@ def leaf_kernels(hlo_text: str, shape: tuple[int, ...]) -> dict[str, Any]:
   entry = hlo_text[hlo_text.index("\nENTRY"):].splitlines()[1:]
   shapes, kernels = {}, []
   for line in entry:
-    match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*)", line)
+    match = re.match(r"\s*(?:ROOT )?%(\S+) = (\([^=]*?\)|\S+) ([\w-]+)\((.*)", line)
     if not match:
       continue
     name, out_shape, opcode, rest = match.groups()
-    shapes[name] = out_shape.split("{")[0]
-    if opcode in ("parameter", "tuple", "get-tuple-element", "constant", "bitcast"):
+    shapes[name] = ", ".join(_shapes(out_shape))
+    if opcode in _NOT_KERNELS:
       continue
     operands = list(dict.fromkeys(re.findall(r"%([\w.\-]+)", rest.split("), ")[0])))
-    if leaf not in [shapes[name]] + [shapes.get(o) for o in operands]:
+    if leaf not in _shapes(shapes[name]) + [shapes.get(o) for o in operands]:
       continue
     kind = re.search(r'"kind":"(\w+)"|kind=(\w+)', rest)
     op_name = re.search(r'op_name="([^"]+)"', rest)
@@ -288,9 +336,58 @@ class JaxSide:
     return sum(x.nbytes for x in jax.tree.leaves(self.state))
 
 
+# pytorch-optimizer classes that compute part of the step below float32 by default, and how to
+# run their own code in float32 instead: {class: (module, function, keyword, what)}. jaxlearn
+# computes in float32 or wider (its numerics policy), so the float32 run is the like-for-like
+# comparison; the default run is reported beside it ("...-lowp" variants).
+LOWER_PRECISION = {
+    "SCION": ("pytorch_optimizer.optimizer.scion", "zero_power_via_newton_schulz_5", "dtype",
+              "Newton-Schulz iterates in bfloat16"),
+}
+LOWP = "-lowp"
+
+
+def _fira_groups(tensors):
+  """pytorch-optimizer's Fira projects only the parameters of a group that names a `rank`
+  (a flat list gets AdamW): its 2-D weights in one, with jaxlearn.optim.fira's defaults (the
+  official package's `divide_params`: rank 8, gap 200, scale 1, "std"). It leaves conv kernels
+  to AdamW, where jaxlearn projects their matrix view (4% of this tree's parameters)."""
+  matrices = [t for t in tensors if t.dim() == 2]
+  return [{"params": matrices, "rank": 8, "update_proj_gap": 200, "scale": 1.0,
+           "projection_type": "std"},
+          {"params": [t for t in tensors if t.dim() != 2]}]
+
+
+# pytorch-optimizer classes that need parameter groups to run the registered algorithm.
+TORCH_PARAM_GROUPS = {"Fira": _fira_groups}
+
+
+def _float32_patch(class_name: str):
+  """A context in which a LOWER_PRECISION class's low-precision function runs in float32."""
+  import contextlib
+  import functools
+  import importlib
+
+  import torch
+  module_name, function, keyword, _ = LOWER_PRECISION[class_name]
+  module = importlib.import_module(module_name)
+
+  @contextlib.contextmanager
+  def patched():
+    original = getattr(module, function)
+    setattr(module, function, functools.partial(original, **{keyword: torch.float32}))
+    try:
+      yield
+    finally:
+      setattr(module, function, original)
+
+  return patched
+
+
 def torch_sides(class_name: str, shapes, params, grads) -> dict[str, Callable[[], float]]:
   """`{variant: run_once}` for a pytorch-optimizer class (or "torch.AdamW(fused)"), with and
-  without foreach; {} where PyTorch or the class is missing."""
+  without foreach; {} where PyTorch or the class is missing. A LOWER_PRECISION class runs in
+  float32 under these names, and as it comes under the names with LOWP appended."""
   try:
     import torch
   except ImportError:
@@ -306,6 +403,12 @@ def torch_sides(class_name: str, shapes, params, grads) -> dict[str, Callable[[]
     if make is None:
       return {}
     variants = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+  import contextlib
+  contexts = {name: contextlib.nullcontext for name in variants}
+  if class_name in LOWER_PRECISION:
+    contexts = {name: _float32_patch(class_name) for name in variants}
+    contexts.update({name + LOWP: contextlib.nullcontext for name in variants})
+    variants.update({name + LOWP: options for name, options in variants.items()})
   sides = {}
   for variant, options in variants.items():
     tensors = []
@@ -314,15 +417,17 @@ def torch_sides(class_name: str, shapes, params, grads) -> dict[str, Callable[[]
       tensor.grad = torch.from_numpy(to_torch_layout(grads[name]))
       tensors.append(tensor)
     try:
-      optimizer = make(tensors, lr=LEARNING_RATE, **options,
+      groups = TORCH_PARAM_GROUPS.get(class_name, list)(tensors)
+      optimizer = make(groups, lr=LEARNING_RATE, **options,
                        **required_arguments(make, NUM_ITERATIONS))
     except (TypeError, ValueError, RuntimeError):  # e.g. no foreach (or fused) option
       continue
 
-    def run_once(optimizer=optimizer):
-      start = time.perf_counter()
-      optimizer.step()
-      return time.perf_counter() - start
+    def run_once(optimizer=optimizer, context=contexts[variant]):
+      with context():
+        start = time.perf_counter()
+        optimizer.step()
+        return time.perf_counter() - start
 
     sides[variant] = run_once
   return sides
@@ -363,31 +468,128 @@ def paired_ratio(ours: list[float], theirs: list[float]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Temporary buffers: the same steps with the allocator keeping its memory.
+
+PAGE_FAULTING = 100  # page faults per step above which a step is timed again (temporaries)
+
+
+def keep_freed_memory() -> bool:
+  """Makes glibc's malloc keep freed memory for reuse: no mmap for large blocks, no trimming
+  (`mallopt`; process-wide, irreversible here). XLA:CPU allocates a step's temporary buffers
+  afresh at every execution; by default blocks above the mmap threshold (32 MB at most) are
+  mapped anew and page-faulted, one fault per 4 kB, at every step. False where there is no glibc."""
+  import ctypes
+  import ctypes.util
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mallopt = libc.mallopt
+  except (OSError, AttributeError, TypeError):
+    return False
+  m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
+  return all(mallopt(option, value) == 1 for option, value in (
+      (m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 30), (m_mmap_max, 0)))
+
+
+def _time_without_page_faults(table, faulting: dict, rounds: int) -> None:
+  """Times again, step against floor, the steps whose temporaries page-fault at every step
+  (`faulting`: {symbol: JaxSide}), with `keep_freed_memory`: what their temporaries cost beyond
+  their bytes. Adds `paired_ratio_vs_floor_reusing_memory` and
+  `page_faults_per_step_reusing_memory` to their rows. Run after every other timing and the
+  compile sweep: the allocator setting is process-wide (it slowed compiles down)."""
+  if not faulting or not keep_freed_memory():
+    return
+  for entry in (r for r in table if r["optimizer"] in faulting):
+    side = faulting[entry["optimizer"]]
+    side.page_faults = []
+    times = interleave({"step": side.run_step, "floor": side.run_floor}, rounds, {})
+    entry["paired_ratio_vs_floor_reusing_memory"] = paired_ratio(times["step"], times["floor"])
+    entry["page_faults_per_step_reusing_memory"] = statistics.median(side.page_faults[2:] or [0])
+    print(f"{entry['optimizer']:<34} reusing freed memory: "
+          f"{entry['paired_ratio_vs_floor_reusing_memory']:.2f}x floor, "
+          f"{entry['page_faults_per_step_reusing_memory']:.0f} page faults per step "
+          f"(were {entry['page_faults_per_step']:.0f})")
+
+
+# ---------------------------------------------------------------------------------------------
 # Compile time vs the number of leaves.
 
 
-def compile_seconds(make, num_leaves: int, options=None) -> float:
-  """Process CPU seconds to compile the donated step on a `num_leaves` tree."""
+def _computations(hlo_text: str) -> dict[str, list[str]]:
+  """{computation name: its instruction lines} of an HLO module's text."""
+  computations, body = {}, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if header and not line.startswith(" "):
+      body = computations.setdefault(header.group(1), [])
+    elif body is not None and line.startswith(" "):
+      body.append(line)
+  return computations
+
+
+def _anonymous(line: str) -> str:
+  """An instruction without its names, metadata and backend config."""
+  line = re.sub(r", (metadata|backend_config)=.*$", "", line)
+  return re.sub(r"%[\w.\-]+", "%", line)
+
+
+def kernel_count(hlo_text: str) -> tuple[int, int]:
+  """The compiled program's kernels, and how many of them are distinct.
+
+  Kernels: the instructions of the non-fused computations (the entry, conditional branches,
+  loop bodies) other than parameters, tuples and bitcasts; on XLA:CPU each fusion, copy or
+  unfused op is one kernel. Distinct: up to names (a fusion with its fused computation).
+  Measured on XLA:CPU, compile time is about 2 ms per kernel plus about 30 ms per distinct
+  kernel: the same kernel over many same-shaped leaves is compiled once, while one that differs
+  per leaf (a slice at a different offset of a stacked buffer) is compiled for each.
+  """
+  computations = _computations(hlo_text)
+  inner = set(re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", hlo_text))
+  total, distinct = 0, set()
+  for name, body in computations.items():
+    if name in inner:
+      continue
+    for line in body:
+      match = re.match(r"\s*(?:ROOT )?%\S+ = .*? ([\w-]+)\(", line)
+      if not match or match.group(1) in _NOT_KERNELS:
+        continue
+      total += 1
+      called = re.search(r"calls=%?([\w.\-]+)", line)
+      fused = computations.get(called.group(1), []) if called else []
+      distinct.add("\n".join(_anonymous(x) for x in [line] + fused))
+  return total, len(distinct)
+
+
+def compile_seconds(make, num_leaves: int, options=None) -> tuple[float, int, int]:
+  """Process CPU seconds to compile the donated step on a `num_leaves` tree, and the compiled
+  program's `kernel_count` (kernels, distinct kernels)."""
   params = leaf_tree(num_leaves)
   optimizer = make()
   state = jax.eval_shape(optimizer.init, params)
   step = jax.jit(_step_fn(optimizer), donate_argnums=(0, 1), compiler_options=options)
   start = time.process_time()
-  step.lower(params, state, params).compile()
-  return time.process_time() - start
+  compiled = step.lower(params, state, params).compile()
+  return (time.process_time() - start, *kernel_count(compiled.as_text()))
 
 
 def compile_sweep(rows, counts, options=None) -> dict[str, Any]:
-  """Compile seconds per optimizer and leaf count; a compile predicted (linearly from the last
-  count) to exceed SWEEP_LIMIT_S is skipped."""
-  seconds = {}
+  """Compile seconds and kernels per optimizer and leaf count; a compile predicted (linearly
+  from the last count) to exceed SWEEP_LIMIT_S is skipped. optax.adamw (the first row) is
+  compiled again right after each optimizer's largest count (`paired_baseline_cpu_s`): one
+  compile's time varies by tens of percent from one moment to the next."""
+  seconds, kernels, distinct, paired = {}, {}, {}, {}
+  baseline = next(row for row in rows if row["symbol"] == BASELINE)
   for row in rows:
     measured = []
     for count in counts:
-      if measured and measured[-1] * count / counts[len(measured) - 1] > SWEEP_LIMIT_S:
+      if measured and measured[-1][0] * count / counts[len(measured) - 1] > SWEEP_LIMIT_S:
         break
       measured.append(compile_seconds(row["make"], count, options))
-    seconds[row["symbol"]] = measured
+    seconds[row["symbol"]] = [t for t, _, _ in measured]
+    kernels[row["symbol"]] = [k for _, k, _ in measured]
+    distinct[row["symbol"]] = [d for _, _, d in measured]
+    paired[row["symbol"]] = (measured[-1][0] if row is baseline else
+                             compile_seconds(baseline["make"], counts[len(measured) - 1],
+                                             options)[0])
   base = seconds[BASELINE]
   ratio = {s: [a / b for a, b in zip(v, base)] for s, v in seconds.items()}
   growth = {}
@@ -397,7 +599,8 @@ def compile_sweep(rows, counts, options=None) -> dict[str, Any]:
       growth[symbol] = math.log(values[-1] / values[i]) / math.log(
           counts[len(values) - 1] / counts[i])
   return {"leaves": list(counts), "cpu_seconds": seconds, "ratio_vs_optax_adamw": ratio,
-          "growth_exponent": growth}
+          "growth_exponent": growth, "kernels": kernels, "distinct_kernels": distinct,
+          "paired_baseline_cpu_s": paired}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,13 +658,16 @@ def run(quick: bool, out: Path, seed: int) -> dict:
     entry["compile_ratio_vs_optax_adamw"] = entry["compile_cpu_s"] / baseline["compile_cpu_s"]
   _print_table(table, n_params, threads, skipped)
   side_names = sorted(sides)
-  del sides, jax_sides, times  # free the buffers before compiling the sweep
+  faulting = {r["optimizer"]: jax_sides[r["optimizer"]] for r in table
+              if r["page_faults_per_step"] > PAGE_FAULTING}
+  del sides, jax_sides, times  # free the other buffers before compiling the sweep
   sweep = compile_sweep(rows, LEAF_COUNTS[:1] if quick else LEAF_COUNTS, options)
   for entry in table:
-    entry["compile_cpu_s_by_leaves"] = sweep["cpu_seconds"].get(entry["optimizer"])
-    entry["compile_growth_exponent"] = sweep["growth_exponent"].get(entry["optimizer"])
-  wall_time = time.perf_counter() - start_time
+    entry.update(_compile_entry(entry["optimizer"], sweep))
   _print_sweep(sweep)
+  _time_without_page_faults(table, faulting, rounds)  # last: it changes the allocator
+  del faulting
+  wall_time = time.perf_counter() - start_time
   table, baseline = table[1:], table[0]  # the registered optimizers; optax.adamw apart
 
   verdicts = None if quick else _verdicts(table, sweep)
@@ -470,10 +676,12 @@ def run(quick: bool, out: Path, seed: int) -> dict:
       "bench_optimizers", out,
       claim=("Engineering goal (issue 15), not a paper claim: every elementwise optimizer's "
              "compiled step accesses at most 1.5x its ideal bytes (or the passes the report "
-             "documents), runs within 3x of the bandwidth floor measured in the same run, is "
-             "faster than the pytorch-optimizer implementation of the same algorithm and within "
-             "5% of optax where optax has it; compile time grows linearly with the number of "
-             "leaves."),
+             "documents) and runs within 3x of the bandwidth floor measured in the same run; "
+             "every optimizer is faster than the pytorch-optimizer implementation of the same "
+             "algorithm (at the same precision) and within 5% of optax where optax has it; an "
+             "elementwise optimizer's compile time grows linearly with the number of leaves "
+             "and at 1,000 leaves stays within 1.5x of optax.adamw's (per compiled kernel, "
+             "where documented passes need more kernels)."),
       measured=_measured([baseline] + table, sweep, verdicts),
       claim_held=None if verdicts is None else not any(verdicts.values()),
       config={"n_params": n_params, "shapes": shapes, "rounds": rounds, "threads": threads,
@@ -486,10 +694,13 @@ def run(quick: bool, out: Path, seed: int) -> dict:
   )
 
 
-def _best_torch(times, class_name) -> tuple[str | None, list[float] | None]:
-  """The faster variant (lower minimum) of a PyTorch class, and its times."""
+def _best_torch(times, class_name, lower_precision: bool = False
+                ) -> tuple[str | None, list[float] | None]:
+  """The faster variant (lower minimum) of a PyTorch class, and its times; with
+  `lower_precision`, of its LOWER_PRECISION variants."""
   variants = {k.rsplit(":", 1)[1]: v for k, v in times.items()
-              if k.startswith(f"torch:{class_name}:") and v}
+              if k.startswith(f"torch:{class_name}:") and v
+              and k.endswith(LOWP) == lower_precision}
   if not variants:
     return None, None
   best = min(variants, key=lambda k: min(variants[k]))
@@ -503,6 +714,7 @@ def _row(row, times, side, shapes, symbols) -> dict:
   torch_class = row["method"].pytorch_optimizer.get(symbol) if row["method"] else None
   variant, theirs = _best_torch(times, torch_class) if torch_class else (None, None)
   _, fused = _best_torch(times, "torch.AdamW(fused)")
+  _, lowp = _best_torch(times, torch_class, lower_precision=True) if torch_class else (None, None)
   counterpart = optax_counterpart(row, symbols)
   step_cost, floor_cost = cost(side.step), cost(side.floor)
   state_bytes = side.state_bytes()
@@ -522,6 +734,10 @@ def _row(row, times, side, shapes, symbols) -> dict:
       "torch_step_ms_median": None if theirs is None else ms(statistics.median(theirs)),
       "ratio_vs_torch": None if theirs is None else ms(min(ours)) / ms(min(theirs)),
       "paired_ratio_vs_torch": None if theirs is None else paired_ratio(ours, theirs),
+      "torch_lower_precision": (LOWER_PRECISION[torch_class][3] if lowp is not None
+                                else None),
+      "paired_ratio_vs_torch_lower_precision": (None if lowp is None
+                                                else paired_ratio(ours, lowp)),
       "torch_fused_adamw_step_ms": None if fused is None else ms(min(fused)),
       "paired_ratio_vs_torch_fused_adamw": None if fused is None else paired_ratio(ours, fused),
       "floor_step_ms": ms(min(floor)), "paired_ratio_vs_floor": paired_ratio(ours, floor),
@@ -540,30 +756,68 @@ def _row(row, times, side, shapes, symbols) -> dict:
   }
 
 
+def _compile_entry(symbol: str, sweep) -> dict[str, Any]:
+  """An optimizer's compile seconds and kernels by leaf count, and at the largest count it
+  reached, its ratios to optax.adamw (compiled right after it): seconds, kernels, and seconds
+  per kernel."""
+  seconds, kernels = sweep["cpu_seconds"].get(symbol), sweep["kernels"].get(symbol)
+  entry = {"compile_cpu_s_by_leaves": seconds, "compile_kernels_by_leaves": kernels,
+           "compile_distinct_kernels_by_leaves": sweep["distinct_kernels"].get(symbol),
+           "compile_growth_exponent": sweep["growth_exponent"].get(symbol)}
+  if seconds:
+    i = len(seconds) - 1
+    base_seconds = sweep["paired_baseline_cpu_s"][symbol]
+    base_kernels = sweep["kernels"][BASELINE][i]
+    entry.update({
+        "compile_leaves": sweep["leaves"][i],
+        "compile_ratio_at_most_leaves": seconds[i] / base_seconds,
+        "kernel_ratio_at_most_leaves": kernels[i] / base_kernels,
+        "compile_per_kernel_ratio": (seconds[i] / kernels[i]) / (base_seconds / base_kernels),
+    })
+  return entry
+
+
+def _compiles_close_to_optax(r) -> bool:
+  """Within 1.5x of optax.adamw's compile time at the largest leaf count; or, where the step
+  needs documented passes beyond one per buffer (each a kernel on XLA:CPU), within 1.5x of
+  optax.adamw's time per compiled kernel."""
+  ratio = r.get("compile_ratio_at_most_leaves")
+  if ratio is None or r.get("compile_leaves") != LEAF_COUNTS[-1]:
+    return False  # skipped as too slow before the largest count
+  return ratio <= 1.5 or (bool(r["extra_passes"]) and r["compile_per_kernel_ratio"] <= 1.5)
+
+
 def _elementwise(entry) -> bool:
   """Elementwise state and a handful of flops per parameter (not a matrix optimizer)."""
   return entry["xla_flops_per_param"] < 100
 
 
 def _verdicts(table, sweep) -> dict[str, list[str]]:
-  """Per goal of the claim, jaxlearn's elementwise optimizers that miss it (none: met). The
-  registered optax aliases are the references, not under test."""
-  rows = [r for r in table if _elementwise(r) and not r["optimizer"].startswith("optax.")]
+  """Per goal of the claim, the jaxlearn optimizers that miss it (none: met): all of them for
+  the comparisons with pytorch-optimizer and optax, the elementwise ones for bytes, the floor
+  and compile time (a matrix optimizer's step runs matrix iterations, an SVD or solves per
+  leaf: not a bandwidth-bound pass, nor comparable with Adam's three kernels). The registered
+  optax aliases are the references, not under test."""
+  ours = [r for r in table if not r["optimizer"].startswith("optax.")]
   growth = sweep["growth_exponent"]
-  misses = lambda ok: [r["optimizer"] for r in rows if not ok(r)]
+  misses = lambda ok, rows=ours: [r["optimizer"] for r in rows if not ok(r)]
+  elementwise = lambda ok: misses(ok, [r for r in ours if _elementwise(r)])
   return {
-      "bytes_within_1.5x_or_documented": misses(
+      "bytes_within_1.5x_or_documented": elementwise(
           lambda r: r["bytes_ratio"] <= 1.5 or r["extra_passes"]),
-      "within_3x_of_floor": misses(lambda r: r["paired_ratio_vs_floor"] <= 3.0),
+      "within_3x_of_floor": elementwise(lambda r: r["paired_ratio_vs_floor"] <= 3.0),
+      "within_3x_of_floor_once_temporaries_reuse_freed_memory": elementwise(
+          lambda r: r.get("paired_ratio_vs_floor_reusing_memory",
+                          r["paired_ratio_vs_floor"]) <= 3.0),
       "faster_than_pytorch_optimizer": misses(
           lambda r: r["paired_ratio_vs_torch"] is None or r["paired_ratio_vs_torch"] < 1.0),
       "within_5pct_of_optax_counterpart": misses(
           lambda r: (r["paired_ratio_vs_optax_counterpart"] is None
                      or r["paired_ratio_vs_optax_counterpart"] <= 1.05)),
-      "compile_time_linear_in_leaves": misses(
+      "compile_time_linear_in_leaves": elementwise(
           lambda r: growth.get(r["optimizer"], 1.0) <= 1.3),
-      "compile_within_1.5x_of_optax_adamw_on_the_big_tree": misses(
-          lambda r: r["compile_ratio_vs_optax_adamw"] <= 1.5),
+      "compile_within_1.5x_of_optax_adamw_or_per_documented_kernel": elementwise(
+          _compiles_close_to_optax),
   }
 
 
@@ -576,14 +830,22 @@ def _measured(table, sweep, verdicts) -> str:
   for r in table:
     torch_part = ("" if r["paired_ratio_vs_torch"] is None
                   else f", {r['paired_ratio_vs_torch']:.2f}x {r['pytorch_optimizer']}")
+    if r.get("paired_ratio_vs_torch_lower_precision") is not None:
+      torch_part += (f" (in float32; {r['paired_ratio_vs_torch_lower_precision']:.2f}x as it "
+                     f"comes, whose {r['torch_lower_precision']})")
+    reuse = r.get("paired_ratio_vs_floor_reusing_memory")
+    reuse_part = "" if reuse is None else f" ({reuse:.1f}x reusing freed memory)"
     parts.append(f"{_short(r['optimizer'])}: {r['step_ms']:.1f} ms, "
-                 f"{r['paired_ratio_vs_floor']:.1f}x floor, "
+                 f"{r['paired_ratio_vs_floor']:.1f}x floor{reuse_part}, "
                  f"{r['paired_ratio_vs_optax_adamw']:.2f}x adamw{torch_part}, "
                  f"{r['xla_bytes_per_param']:.0f}/{r['ideal_bytes_per_param']:.0f} B/param")
   counts = sweep["leaves"]
-  compile_part = "; compile s at {} leaves vs optax.adamw: ".format(counts[-1]) + ", ".join(
-      f"{_short(s)} {v[-1] / sweep['cpu_seconds'][BASELINE][len(v) - 1]:.1f}x"
-      for s, v in sweep["cpu_seconds"].items() if v)
+  compile_part = ("; compile CPU s vs optax.adamw at the most leaves reached (of "
+                  f"{counts[-1]}), as time (kernels, time per kernel): ") + ", ".join(
+      f"{_short(r['optimizer'])} {r['compile_ratio_at_most_leaves']:.1f}x "
+      f"({r['kernel_ratio_at_most_leaves']:.1f}x, {r['compile_per_kernel_ratio']:.1f}x)"
+      + ("" if r["compile_leaves"] == counts[-1] else f" at {r['compile_leaves']}")
+      for r in table if r.get("compile_ratio_at_most_leaves") is not None)
   verdict = "" if verdicts is None else "; " + "; ".join(
       f"{k}: " + ("yes" if not missed else "NO for " + ", ".join(
           _short(m) for m in missed)) for k, missed in verdicts.items())
@@ -610,11 +872,14 @@ def _print_table(table, n_params, threads, skipped) -> None:
 
 
 def _print_sweep(sweep) -> None:
-  print("compile CPU seconds by number of leaves " + str(sweep["leaves"]))
+  print("compile CPU seconds (kernels, distinct kernels) by number of leaves "
+        + str(sweep["leaves"]))
   for symbol, values in sweep["cpu_seconds"].items():
     growth = sweep["growth_exponent"].get(symbol)
     grow = "" if growth is None else f"  (grows as leaves^{growth:.2f})"
-    print(f"  {symbol:<32}" + " ".join(f"{v:7.2f}" for v in values) + grow)
+    print(f"  {symbol:<32}" + " ".join(
+        f"{v:7.2f} ({k:5d}, {d:3d})" for v, k, d in zip(
+            values, sweep["kernels"][symbol], sweep["distinct_kernels"][symbol])) + grow)
 
 
 def _figure(table, sweep, n_params):

@@ -43,24 +43,29 @@ class Cost(NamedTuple):
 ADAM_PASSES = "m (12) + v (12) + params reading p, m, v (16) = 40, one kernel per output"
 COSTS = {
     "optax.adamw": Cost(lambda: optax.adamw(LR), 28, 42, ADAM_PASSES),
-    "adamp": Cost(lambda: optim.adamp(LR), 28, 73, (
-        "Adam's 40, the direction d written once (12: the per-channel w.d sum and the params "
-        "both read it) and the per-channel sums of the scale-invariance test and projection, "
-        "one pass each: g.w (8), |g|^2 (4), |w|^2 (4), w.d (8)")),
-    "sgdp": Cost(lambda: optim.sgdp(LR, momentum=0.9), 20, 49, (
-        "buffer (12), params (12) and the per-channel sums g.w (8), |g|^2 (4), |w|^2 (4), "
-        "w.b (8)")),
-    "pnm": Cost(lambda: optim.pnm(LR), 28, 42),
+    "adamp": Cost(lambda: optim.adamp(LR), 28, 61, (
+        "m (12) + v (12); the direction d written once (12: the per-channel sums and the "
+        "params both read it; recomputed inside the sums' reduction, XLA:CPU runs its sqrt and "
+        "divisions as scalar code); the per-channel sums g.w, |g|^2, |w|^2, w.d as one pass "
+        "reading g, w, d (12); params reading w, d (12) = 60")),
+    "sgdp": Cost(lambda: optim.sgdp(LR, momentum=0.9), 20, 37, (
+        "buffer (12); the per-channel sums g.w, |g|^2, |w|^2, w.b as one pass reading g, w, b "
+        "(12); params reading w, b (12) = 36")),
+    "pnm": Cost(lambda: optim.pnm(LR), 28, 41),
     "adapnm": Cost(lambda: optim.adapnm(LR), 44, 69, (
-        "two momenta, v and max v (12 each, one kernel per output) and params reading p and "
-        "three state buffers (20) = 68")),
-    "ranger21": Cost(lambda: optim.ranger21(LR, 1000), 52, 150, (
-        "AdaPNM's 68; the reductions of AGC (unit norms of g and w), gradient centralization "
-        "(unit means) and normalization (mean, variance) with the clipped and centralized "
-        "gradient written for them, stable weight decay's mean of v; Lookahead's update "
-        "written for its conditional, whose synchronising branch (one step in k) XLA counts")),
+        "five outputs, one kernel each (XLA:CPU has no multi-output fusion): two momenta, v and "
+        "max v (12 each) and params reading p and three state buffers (20) = 68")),
+    "ranger21": Cost(lambda: optim.ranger21(LR, 1000), 52, 126, (
+        "AdaPNM's 68; the fused AGC/centralization/normalization reads g twice (unit sums, unit "
+        "spreads) and w once, shared with the norm loss (12); stable weight decay's mean of v "
+        "(4); Lookahead's conditional needs the update as an operand: written once (+4) and "
+        "applied by its own kernel (12); the synchronising branch (slow weights 16, update 12), "
+        "which XLA counts although it runs one step in k")),
     "adams": Cost(lambda: optim.adams(LR), 28, 45, (
         "Adam's 40 and the mean of v over all parameters (4), needed before any update")),
+    "dasgo": Cost(lambda: optim.dasgo(LR), 20, 33, (
+        "momentum (12) and params (12), one kernel each, and the row sums of g^2 (for v) and "
+        "of M^2 (for ||U||_F, which scales every update) (4 each) = 32")),
     "lion": Cost(lambda: optim.lion(LR), 20, 30),
     "grams": Cost(lambda: optim.grams(LR), 28, 45, (
         "Adam's 40, and the update reads the gradient for its sign (4)")),
@@ -73,6 +78,21 @@ COSTS = {
     "xgrad_adamw": Cost(lambda: optim.xgrad_adamw(LR), 36, 69, (
         "xgrad_adam's 56 and a copy of the donated params (8): the stored update reads p for "
         "the decoupled decay, the parameter kernel overwrites p in place")),
+    "optimistic_amsgrad": Cost(lambda: optim.optimistic_amsgrad(LR), 92, 206, (
+        "theta (12); the new gradient difference written once (12) for the two in-place slot "
+        "writes of the history (8 each) and the Gram matrices' new row, its dot products with "
+        "the span + 1 slots (28); the prediction, a weighted sum of the slots, recomputed in "
+        "both its consumers (XLA:CPU fuses it): v reads g, the slots and v (36), the pending "
+        "step theta, g, the slots and sqrt(max v) + eps (40); max v (12); sqrt(max v) + eps "
+        "written once for two kernels (8); the params read p, theta, it and both pending steps "
+        "(24); the old and the new pending step copied (16: the parameter kernel reads the old "
+        "one and the new one) = 204")),
+    "fira": Cost(lambda: optim.fira(LR), 14.9, 42, (
+        "per matrix: the projection reads G (4), the residual's norm reads G again (4, needed "
+        "before any parameter moves), the parameter kernel reads p and G and writes p (12); "
+        "the vectors' Adam (40 per their parameter); XLA counts the projector refresh (the "
+        "larger branch of a conditional, run one step in T): G copied to LAPACK's column-major "
+        "layout (8) and read by the SVD (4)")),
 }
 
 
