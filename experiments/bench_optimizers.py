@@ -43,6 +43,9 @@ parameter tree, three rounds, a 10-leaf sweep.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import math
 import os
 import re
@@ -244,6 +247,8 @@ def cost(compiled) -> dict[str, float]:
 
 
 _NOT_KERNELS = ("parameter", "tuple", "get-tuple-element", "constant", "bitcast")
+# An HLO instruction line: its name, output shape (an array or a tuple), opcode and the rest.
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ([\w-]+)\((.*)")
 _DTYPE_BYTES = {"f64": 8, "f32": 4, "s32": 4, "u32": 4, "f16": 2, "bf16": 2, "s8": 1, "u8": 1,
                 "pred": 1, "s64": 8, "u64": 8}
 
@@ -270,7 +275,7 @@ def leaf_kernels(hlo_text: str, shape: tuple[int, ...]) -> dict[str, Any]:
   entry = hlo_text[hlo_text.index("\nENTRY"):].splitlines()[1:]
   shapes, kernels = {}, []
   for line in entry:
-    match = re.match(r"\s*(?:ROOT )?%(\S+) = (\([^=]*?\)|\S+) ([\w-]+)\((.*)", line)
+    match = _INSTRUCTION.match(line)
     if not match:
       continue
     name, out_shape, opcode, rest = match.groups()
@@ -364,10 +369,6 @@ TORCH_PARAM_GROUPS = {"Fira": _fira_groups}
 
 def _float32_patch(class_name: str):
   """A context in which a LOWER_PRECISION class's low-precision function runs in float32."""
-  import contextlib
-  import functools
-  import importlib
-
   import torch
   module_name, function, keyword, _ = LOWER_PRECISION[class_name]
   module = importlib.import_module(module_name)
@@ -403,7 +404,6 @@ def torch_sides(class_name: str, shapes, params, grads) -> dict[str, Callable[[]
     if make is None:
       return {}
     variants = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}}
-  import contextlib
   contexts = {name: contextlib.nullcontext for name in variants}
   if class_name in LOWER_PRECISION:
     contexts = {name: _float32_patch(class_name) for name in variants}
@@ -549,8 +549,8 @@ def kernel_count(hlo_text: str) -> tuple[int, int]:
     if name in inner:
       continue
     for line in body:
-      match = re.match(r"\s*(?:ROOT )?%\S+ = .*? ([\w-]+)\(", line)
-      if not match or match.group(1) in _NOT_KERNELS:
+      match = _INSTRUCTION.match(line)
+      if not match or match.group(3) in _NOT_KERNELS:
         continue
       total += 1
       called = re.search(r"calls=%?([\w.\-]+)", line)
