@@ -213,6 +213,27 @@ def compute_in_float32(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def variadic_sums(operands, axes) -> tuple[jax.Array, ...]:
+  """Sums of each operand (all of one shape) over `axes`, as one variadic reduction: one pass
+  over the elements for all of them."""
+  zero = jnp.zeros((), operands[0].dtype)
+  return jax.lax.reduce(tuple(operands), (zero,) * len(operands),
+                        lambda a, b: tuple(x + y for x, y in zip(a, b)), tuple(axes))
+
+
+def total_sums(operands) -> tuple[jax.Array, ...]:
+  """The sum of all elements of each operand (all of one shape), in one pass over them.
+
+  One variadic reduction over the minor axis, then a sum of each operand's row totals: on
+  XLA:CPU a reduction of several arrays to scalars over all their axes (or a stack of them to a
+  vector) runs 2.5x slower than one over the contiguous minor axis.
+  """
+  if operands[0].ndim == 0:
+    return tuple(operands)
+  partials = variadic_sums(operands, (operands[0].ndim - 1,))
+  return tuple(jnp.sum(p) for p in partials)
+
+
 def leaf_sums_total(sums: list[jax.Array]) -> jax.Array:
   """The total of per-leaf scalar sums, as one reduction that XLA computes once.
 

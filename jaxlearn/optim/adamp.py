@@ -124,13 +124,6 @@ _BLOCK_ROWS = 16  # rows added per step of a blocked column sum
 _CACHED_SIZE = 1 << 16  # elements: a leaf this small is summed in one step (it stays in cache)
 
 
-def _sums(operands, axes):
-  """Sums of each operand over `axes`, as one variadic reduction: one pass for all of them."""
-  zero = jnp.zeros((), operands[0].dtype)
-  return jax.lax.reduce(tuple(operands), (zero,) * len(operands),
-                        lambda a, b: tuple(x + y for x, y in zip(a, b)), axes)
-
-
 def _channel_sums(operands, axis):
   """Per-channel sums (over every axis but `axis`) of operands of one shape, in one pass.
 
@@ -143,18 +136,21 @@ def _channel_sums(operands, axis):
   """
   shape = operands[0].shape
   if math.prod(shape) <= _CACHED_SIZE:
-    return _sums(operands, tuple(a for a in range(len(shape)) if a != axis))
+    return _common.variadic_sums(operands, tuple(a for a in range(len(shape)) if a != axis))
   major, channels, minor = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
   sums = [x.reshape(major, channels, minor) for x in operands]
-  sums = _sums(sums, (2,)) if minor > 1 else [x.reshape(major, channels) for x in sums]
+  if minor > 1:
+    sums = _common.variadic_sums(sums, (2,))
+  else:
+    sums = [x.reshape(major, channels) for x in sums]
   rows = major
   while rows > _BLOCK_ROWS:
     block = max(b for b in range(1, _BLOCK_ROWS + 1) if rows % b == 0)
     if block == 1:
       break
     rows //= block
-    sums = _sums([x.reshape(rows, block, channels) for x in sums], (1,))
-  return _sums(sums, (0,))
+    sums = _common.variadic_sums([x.reshape(rows, block, channels) for x in sums], (1,))
+  return _common.variadic_sums(sums, (0,))
 
 
 def project_scale_invariant(

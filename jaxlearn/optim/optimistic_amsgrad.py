@@ -64,12 +64,14 @@ class ScaleByOptimisticAMSGradState(NamedTuple):
     count: number of updates so far (int32).
     mu: θ_t, the EMA of the gradients.
     nu: v_t, the EMA of the squared prediction errors.
-    nu_max: v̂_t, the running maximum of v_t.
+    root_nu_max: sqrt(v̂_t), v̂_t the running maximum of v_t; kept as the root, as
+      `max(sqrt(v̂_{t-1}), sqrt(v_t))` (the same bits: sqrt is correctly rounded and
+      nondecreasing), so that no kernel of its own takes the root of v̂ for the two that divide.
     history: per leaf, a ring of `span + 1` slots: the last gradient in slot
       `count % (span + 1)` and, cyclically after it, the last `span` gradient differences,
-      oldest first. Together they hold the last `span + 1` gradients; a step writes two slots in
-      place (the new difference over the previous gradient, the new gradient over the oldest
-      difference) instead of shifting them all.
+      oldest first, each negated (`x_l - x_{l+1}`). Together they hold the last `span + 1`
+      gradients; a step writes two slots in place (the new gradient subtracted from the previous
+      one, the new gradient over the oldest difference) instead of shifting them all.
     pending: `c_t h_{t+1} / (sqrt(v̂_t) + eps)`, the optimistic half-step taken last time, which
       the next step retracts (the next iterate starts from `w_{t+1/2}`).
     gram: (leaves, span, span): each leaf's Gram matrix of its last `span` differences, oldest
@@ -91,7 +93,7 @@ class ScaleByOptimisticAMSGradState(NamedTuple):
   count: jax.Array
   mu: optax.Updates
   nu: optax.Updates
-  nu_max: optax.Updates
+  root_nu_max: optax.Updates
   history: optax.Updates
   pending: optax.Updates
   gram: jax.Array
@@ -157,19 +159,20 @@ def _predictions(updates, history, gram: jax.Array, leaf_index, count: jax.Array
   """Every leaf's extrapolated gradient (`rmpe_extrapolate` of its last span + 1 gradients), the
   new history and the new Gram matrices.
 
-  Each leaf's history is a ring of span + 1 slots: the last gradient in slot `count % (span +
-  1)`, then its span differences, oldest first (cyclically). A step overwrites the previous
-  gradient's slot with the new difference and the oldest difference's slot with the new
-  gradient, both in place (shifting a stack of gradients rewrote all the slots), and writes no
-  other difference: the new one's dot products with the slots (one pass) give the one new row
-  of each Gram matrix, whose other entries are the previous step's. The Gram matrix is still
-  one of differences, each entry a dot product of two of them (a Gram matrix of the points
+  Each leaf's history is a ring of span + 1 slots: the last gradient in slot `count % (span + 1)`,
+  then its span differences, oldest first (cyclically), each negated. A step subtracts the new
+  gradient from the previous gradient's slot (a scatter-add, which XLA:CPU runs in place; writing
+  `g - slot` made it copy the old slot first) and overwrites the oldest difference's slot with the
+  new gradient (shifting a stack of gradients rewrote all the slots), and writes no other
+  difference: the new one's dot products with the slots (one pass) give the one new row of each
+  Gram matrix, whose other entries are the previous step's (the signs cancel). The Gram matrix is
+  still one of differences, each entry a dot product of two of them (a Gram matrix of the points
   would lose the differences' digits to cancellation). With `c` the RMPE coefficients of the
-  points `x_1..x_r` (`x_r` = g, differences `D_l = x_{l+1} - x_l`, oldest first) and
-  `sum(c) = 1`, the prediction `sum_j c_j x_{j+1}` is `g - sum_l C_l D_l`, `C_l` the sum of the
-  coefficients before `l`: a second pass over the same slots, after the solve. ONE batched
-  solve serves all the leaves (a solve per leaf made compile time grow faster than the leaf
-  count). Before span + 1 gradients exist the prediction is 0.
+  points `x_1..x_r` (`x_r` = g, differences `D_l = x_{l+1} - x_l`, oldest first) and `sum(c) = 1`,
+  the prediction `sum_j c_j x_{j+1}` is `g + sum_l C_l (-D_l)`, `C_l` the sum of the coefficients
+  before `l`: a second pass over the same slots, after the solve. ONE batched solve serves all the
+  leaves (a solve per leaf made compile time grow faster than the leaf count). Before span + 1
+  gradients exist the prediction is 0.
   """
   leaves, treedef = jax.tree.flatten(history)
   if not leaves:
@@ -181,14 +184,11 @@ def _predictions(updates, history, gram: jax.Array, leaf_index, count: jax.Array
   new_leaves, rows = [], []
   for h, g in zip(leaves, grads):
     g = g.astype(h.dtype)
-    difference = g - jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)
-    h = jax.lax.dynamic_update_index_in_dim(h, difference, previous, 0)
+    h = h.at[previous].add(-g, mode="promise_in_bounds")
     h = jax.lax.dynamic_update_index_in_dim(h, g, current, 0)
-    if g.ndim < 2:
-      # XLA:CPU would recompute a vector's difference from the old slots inside this reduction,
-      # which then must copy them before they are overwritten: read it back from the new ones.
-      difference = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)
-    rows.append(jnp.sum(h * difference, axis=tuple(range(1, h.ndim))))
+    negated = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)  # -(new difference)
+    # One variadic reduction over the minor axis: 2.5x faster than summing the stack's product.
+    rows.append(jnp.stack(_common.total_sums([h[j] * negated for j in range(span + 1)])))
     new_leaves.append(h)
   # The slot of the k-th oldest difference, k = 0..span-1.
   order = jnp.mod(current + 1 + jnp.arange(span), span + 1)
@@ -197,13 +197,14 @@ def _predictions(updates, history, gram: jax.Array, leaf_index, count: jax.Array
   shifted = jnp.pad(gram[:, 1:, 1:], ((0, 0), (0, 1), (0, 1)))
   gram = jnp.where(last[:, None], row[:, None, :], jnp.where(last, row[:, :, None], shifted))
   coefficients = _coefficients(gram, ridge)
-  # The slots' weights: 1 for the gradient, -C_l for the l-th oldest difference; 0 before span +
-  # 1 gradients exist. As one small matrix product, so that XLA computes them once: fused into
-  # the per-parameter kernels, the cumulative sums and the permutation ran once per element.
+  # The slots' weights: 1 for the gradient, C_l for the l-th oldest (negated) difference; 0
+  # before span + 1 gradients exist. As one small matrix product, so that XLA computes them
+  # once: fused into the per-parameter kernels, the cumulative sums and the permutation ran
+  # once per element.
   source = jnp.arange(span + 1)[:, None]  # coefficients c_0..c_{span-1}, then a constant 1
   age = jnp.mod(jnp.arange(span + 1) - current - 1, span + 1)[None, :]  # of the slot; span: g
   mapping = jnp.where(age == span, (source == span).astype(coefficients.dtype),
-                      -(source < age).astype(coefficients.dtype))
+                      (source < age).astype(coefficients.dtype))
   mapping = jnp.where(count >= span + 1, mapping, 0.0)
   weights = jnp.dot(jnp.concatenate([coefficients, jnp.ones_like(coefficients[:, :1])], axis=-1),
                     mapping, precision=jax.lax.Precision.HIGHEST)
@@ -306,7 +307,7 @@ def scale_by_optimistic_amsgrad(
         count=jnp.zeros([], jnp.int32),
         mu=zeros(),
         nu=zeros(),
-        nu_max=zeros(),
+        root_nu_max=zeros(),
         history=jax.tree.map(lambda p: _float32_zeros(p, (span + 1,)), params),
         pending=zeros(),
         gram=jnp.zeros((len(leaves), span, span), jnp.float32),
@@ -326,8 +327,8 @@ def scale_by_optimistic_amsgrad(
     mu = _common.update_moment(updates, state.mu, b1)
     errors = jax.tree.map(lambda g, p: g.astype(p.dtype) - p, updates, prediction)
     nu = _common.update_moment(errors, state.nu, b2, order=2)
-    nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
-    denominators = jax.tree.map(lambda v: jnp.sqrt(v) + eps, nu_max)
+    root_nu_max = jax.tree.map(lambda r, v: jnp.maximum(r, jnp.sqrt(v)), state.root_nu_max, nu)
+    denominators = jax.tree.map(lambda r: r + eps, root_nu_max)
     # h_{t+1} = b1 θ_{t-1} + (1 - b1) m_{t+1}, written as θ_t - (1 - b1)(g_t - m_{t+1}) so that
     # only θ's own kernel reads the donated θ_{t-1} (another reader costs a copy of it).
     optimistic = jax.tree.map(lambda m, e: m - (1.0 - b1) * e, mu, errors)
@@ -341,7 +342,7 @@ def scale_by_optimistic_amsgrad(
         updates,
     )
     new_state = ScaleByOptimisticAMSGradState(
-        count, mu, nu, nu_max, history, pending, gram, state.leaf_index)
+        count, mu, nu, root_nu_max, history, pending, gram, state.leaf_index)
     return directions, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
