@@ -127,16 +127,17 @@ EXTRA_PASSES = {
         "theta (12); the history, a ring of span + 1 slots (the last gradient and span negated "
         "differences), written in place in two slots: g subtracted from the previous "
         "gradient's slot by a scatter-add (12) and g written over the oldest difference (8) "
-        "(XLA's count charges the largest leaves a full pass over the ring for each); the Gram "
-        "matrices' new row, the dot products of the new difference with the slots, one "
-        "variadic reduction over the minor axis (28; the other entries are kept from earlier "
-        "steps); after ONE batched solve for all leaves, the prediction, a weighted sum of the "
+        "(the kernel listing charges each the whole ring, though XLA writes it in place); the "
+        "Gram matrices' new row, the dot products of the new difference with the slots, one "
+        "variadic reduction over the minor axis reading the slots (24; the other entries are "
+        "kept from earlier steps); after ONE batched solve for all leaves, the prediction, a weighted sum of the "
         "slots: XLA:CPU fuses it into both its consumers, v reading g, the slots and v (36) and "
         "the pending step reading theta, g, the slots and sqrt(max v) (40); sqrt(max v), kept "
         "as the root in the state (12); the params reading p, theta, it and both pending steps "
         "(24); and copies of the old and the new pending step (16: the parameter kernel reads "
         "both while the new one overwrites the old one in place, and without multi-output "
-        "fusion no kernel can write both the params and the pending step) = 188 against the "
+        "fusion no kernel can write both the params and the pending step) = 184 (XLA counts "
+        "188) against the "
         "ideal 92, which counts all span + 1 slots written. Its time beyond the bytes: the "
         "pending copies, temporary buffers page-faulted at every step"),
     "jaxlearn.optim.fira": (
@@ -269,10 +270,13 @@ def _shape_bytes(shape: str) -> int:
 
 
 def leaf_kernels(hlo_text: str, shape: tuple[int, ...]) -> dict[str, Any]:
-  """The compiled step's kernels that read or write the float32 leaf of `shape`, with the
-  bytes each accesses per element of that leaf (output plus distinct operands, as XLA's cost
-  analysis counts): the passes one parameter costs, and what each computes."""
+  """The compiled step's kernels that read or write the float32 leaf of `shape` (or a stack of
+  it), with the bytes each accesses per element of that leaf (output plus distinct operands, as
+  XLA's cost analysis counts, except that an in-place update of a slice is charged its whole
+  buffer): the passes one parameter costs, and what each computes."""
   leaf = "f32[" + ",".join(map(str, shape)) + "]"
+  # The leaf, or a stack of it (a history of gradients): f32[k,<its dims>].
+  of_leaf = re.compile(r"f32\[(\d+,)?" + ",".join(map(str, shape)) + r"\]").fullmatch
   size = math.prod(shape)
   entry = hlo_text[hlo_text.index("\nENTRY"):].splitlines()[1:]
   shapes, kernels = {}, []
@@ -285,7 +289,7 @@ def leaf_kernels(hlo_text: str, shape: tuple[int, ...]) -> dict[str, Any]:
     if opcode in _NOT_KERNELS:
       continue
     operands = list(dict.fromkeys(re.findall(r"%([\w.\-]+)", rest.split("), ")[0])))
-    if leaf not in _shapes(shapes[name]) + [shapes.get(o) for o in operands]:
+    if not any(of_leaf(x) for x in _shapes(shapes[name]) + [shapes.get(o, "") for o in operands]):
       continue
     kind = re.search(r'"kind":"(\w+)"|kind=(\w+)', rest)
     op_name = re.search(r'op_name="([^"]+)"', rest)
