@@ -136,10 +136,13 @@ EXTRA_PASSES = {
         "as the root in the state (12); the params reading p, theta, it and both pending steps "
         "(24); and copies of the old and the new pending step (16: the parameter kernel reads "
         "both while the new one overwrites the old one in place, and without multi-output "
-        "fusion no kernel can write both the params and the pending step) = 184 (XLA counts "
-        "188) against the "
-        "ideal 92, which counts all span + 1 slots written. Its time beyond the bytes: the "
-        "pending copies, temporary buffers page-faulted at every step"),
+        "fusion no kernel can write both the params and the pending step; keeping the official "
+        "code's half-iterate w_{t+1/2} instead would need no copy but would undo any change "
+        "made to the params outside the optimizer, a Lookahead sync) = 184 (XLA counts 188) "
+        "against the ideal 92, which counts all span + 1 slots written. Leaves small enough to "
+        "stay in cache write the difference once instead (196: tests/optim/test_step_cost.py). "
+        "Its time beyond the bytes: the pending copies, temporary buffers page-faulted at every "
+        "step"),
     "jaxlearn.optim.fira": (
         "a matrix step (the ideal counts params and gradients: the state is low rank): per "
         "matrix the projection G P^T reads G (4), the residual's Frobenius norm reads G again "

@@ -213,6 +213,9 @@ def compute_in_float32(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+CACHED_SIZE = 1 << 16  # elements: a leaf this small stays in cache, its passes cost little
+
+
 def variadic_sums(operands, axes) -> tuple[jax.Array, ...]:
   """Sums of each operand (all of one shape) over `axes`, as one variadic reduction: one pass
   over the elements for all of them."""

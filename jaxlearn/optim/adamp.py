@@ -121,7 +121,6 @@ def _abs_cosine(dot, g_sq, w_sq, eps):
 
 
 _BLOCK_ROWS = 16  # rows added per step of a blocked column sum
-_CACHED_SIZE = 1 << 16  # elements: a leaf this small is summed in one step (it stays in cache)
 
 
 def _channel_sums(operands, axis):
@@ -135,7 +134,7 @@ def _channel_sums(operands, axis):
   summed in one step).
   """
   shape = operands[0].shape
-  if math.prod(shape) <= _CACHED_SIZE:
+  if math.prod(shape) <= _common.CACHED_SIZE:
     return _common.variadic_sums(operands, tuple(a for a in range(len(shape)) if a != axis))
   major, channels, minor = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
   sums = [x.reshape(major, channels, minor) for x in operands]

@@ -155,24 +155,49 @@ def _combine(coefficients: jax.Array, points: jax.Array) -> jax.Array:
   return jnp.tensordot(coefficients, points[1:], 1, precision=jax.lax.Precision.HIGHEST)
 
 
+def _push_gradient(h: jax.Array, g: jax.Array, previous, current) -> tuple[jax.Array, jax.Array]:
+  """The ring `h` with `g` pushed (the previous gradient's slot becomes the negated new
+  difference, the oldest difference's slot becomes g), and the dot products of its slots with
+  that negated difference, (span + 1,).
+
+  A large leaf's slot is updated by a scatter-add of -g, which XLA:CPU runs in place (`slot -
+  g` made it copy the old slot into a temporary first), and the dot products are one variadic
+  reduction over the minor axis, 2.5x faster than a sum of the stack's product. A small leaf
+  stays in cache: there, that reduction compiles several times slower, and the slot read back
+  made XLA copy the ring, so the difference is written once and read by one sum.
+  """
+  if g.size > _common.CACHED_SIZE:
+    h = h.at[previous].add(-g, mode="promise_in_bounds")
+    h = jax.lax.dynamic_update_index_in_dim(h, g, current, 0)
+    negated = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)
+    return h, jnp.stack(_common.total_sums([h[j] * negated for j in range(h.shape[0])]))
+  negated = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False) - g
+  h = jax.lax.dynamic_update_index_in_dim(h, negated, previous, 0)
+  h = jax.lax.dynamic_update_index_in_dim(h, g, current, 0)
+  if g.ndim < 2:
+    # XLA:CPU would recompute a vector's difference from the old slots inside the sum, which
+    # then must copy them before they are overwritten: read it back from the new ones.
+    negated = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)
+  return h, jnp.sum(h * negated, axis=tuple(range(1, h.ndim)))
+
+
 def _predictions(updates, history, gram: jax.Array, leaf_index, count: jax.Array, ridge):
   """Every leaf's extrapolated gradient (`rmpe_extrapolate` of its last span + 1 gradients), the
   new history and the new Gram matrices.
 
   Each leaf's history is a ring of span + 1 slots: the last gradient in slot `count % (span + 1)`,
   then its span differences, oldest first (cyclically), each negated. A step subtracts the new
-  gradient from the previous gradient's slot (a scatter-add, which XLA:CPU runs in place; writing
-  `g - slot` made it copy the old slot first) and overwrites the oldest difference's slot with the
+  gradient from the previous gradient's slot and overwrites the oldest difference's slot with the
   new gradient (shifting a stack of gradients rewrote all the slots), and writes no other
-  difference: the new one's dot products with the slots (one pass) give the one new row of each
-  Gram matrix, whose other entries are the previous step's (the signs cancel). The Gram matrix is
-  still one of differences, each entry a dot product of two of them (a Gram matrix of the points
-  would lose the differences' digits to cancellation). With `c` the RMPE coefficients of the
-  points `x_1..x_r` (`x_r` = g, differences `D_l = x_{l+1} - x_l`, oldest first) and `sum(c) = 1`,
-  the prediction `sum_j c_j x_{j+1}` is `g + sum_l C_l (-D_l)`, `C_l` the sum of the coefficients
-  before `l`: a second pass over the same slots, after the solve. ONE batched solve serves all the
-  leaves (a solve per leaf made compile time grow faster than the leaf count). Before span + 1
-  gradients exist the prediction is 0.
+  difference: the new one's dot products with the slots (one pass, `_push_gradient`) give the one
+  new row of each Gram matrix, whose other entries are the previous step's (the signs cancel). The
+  Gram matrix is still one of differences, each entry a dot product of two of them (a Gram matrix
+  of the points would lose the differences' digits to cancellation). With `c` the RMPE
+  coefficients of the points `x_1..x_r` (`x_r` = g, differences `D_l = x_{l+1} - x_l`, oldest
+  first) and `sum(c) = 1`, the prediction `sum_j c_j x_{j+1}` is `g + sum_l C_l (-D_l)`, `C_l` the
+  sum of the coefficients before `l`: a second pass over the same slots, after the solve. ONE
+  batched solve serves all the leaves (a solve per leaf made compile time grow faster than the
+  leaf count). Before span + 1 gradients exist the prediction is 0.
   """
   leaves, treedef = jax.tree.flatten(history)
   if not leaves:
@@ -183,13 +208,9 @@ def _predictions(updates, history, gram: jax.Array, leaf_index, count: jax.Array
   previous, current = jnp.mod(count - 1, span + 1), jnp.mod(count, span + 1)
   new_leaves, rows = [], []
   for h, g in zip(leaves, grads):
-    g = g.astype(h.dtype)
-    h = h.at[previous].add(-g, mode="promise_in_bounds")
-    h = jax.lax.dynamic_update_index_in_dim(h, g, current, 0)
-    negated = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)  # -(new difference)
-    # One variadic reduction over the minor axis: 2.5x faster than summing the stack's product.
-    rows.append(jnp.stack(_common.total_sums([h[j] * negated for j in range(span + 1)])))
+    h, row = _push_gradient(h, g.astype(h.dtype), previous, current)
     new_leaves.append(h)
+    rows.append(row)
   # The slot of the k-th oldest difference, k = 0..span-1.
   order = jnp.mod(current + 1 + jnp.arange(span), span + 1)
   row = jnp.take(jnp.stack(rows), order, axis=1)  # (leaves, span), oldest first

@@ -35,13 +35,14 @@ def _official_numpy(x0, grads, lr, b1, b2, eps, ridge, span):
 
 
 def _run(opt, x0, grads):
-  params = jnp.asarray(x0, jnp.float32)
+  as_float32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+  params = as_float32(x0)
   state = opt.init(params)
   step = jax.jit(opt.update)
   for g in grads:
-    updates, state = step(jnp.asarray(g, jnp.float32), state, params)
+    updates, state = step(as_float32(g), state, params)
     params = optax.apply_updates(params, updates)
-  return np.asarray(params, np.float64), state
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), params), state
 
 
 def test_rmpe_matches_numpy():
@@ -70,6 +71,20 @@ def test_matches_official_equations(span):
   got, state = _run(optimistic_amsgrad(0.01, span=span), x0, grads)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
   assert state[0].history.shape == (span + 1, 4, 3)
+
+
+def test_large_leaf_matches_official_equations():
+  """A leaf above `CACHED_SIZE` elements takes the other ring update (a scatter-add) and the
+  variadic reduction: the same numbers, beside a small leaf, with the ring wrapped."""
+  rng = np.random.default_rng(2)
+  shapes = {"large": (257, 256), "small": (5,)}  # 65,792 > CACHED_SIZE = 65,536
+  x0 = {k: rng.normal(size=s) for k, s in shapes.items()}
+  grads = [{k: np.sin(0.3 * t + np.arange(np.prod(s)).reshape(s) / 7.0)
+            + 0.1 * rng.normal(size=s) for k, s in shapes.items()} for t in range(6)]
+  got, _ = _run(optimistic_amsgrad(0.01, span=2), x0, grads)
+  for k in shapes:
+    expected = _official_numpy(x0[k], [g[k] for g in grads], 0.01, 0.9, 0.99, 1e-8, 1e-3, 2)
+    np.testing.assert_allclose(got[k], expected, rtol=1e-4, atol=1e-6)
 
 
 def test_first_steps_without_history_use_zero_prediction():
