@@ -95,6 +95,18 @@ def test_first_steps_without_history_use_zero_prediction():
   np.testing.assert_allclose(state.nu, 0.01 * g**2, rtol=1e-6)
 
 
+def test_state_keeps_the_root_of_the_running_maximum_of_v():
+  """root_nu_max is sqrt(max_s v_s), bit for bit: v falls at the second step, the root stays."""
+  opt = scale_by_optimistic_amsgrad(span=4)
+  state = opt.init(jnp.zeros(2))
+  nus = []
+  for g in (jnp.array([2.0, -1.0]), jnp.array([0.1, -3.0])):
+    _, state = opt.update(g, state)
+    nus.append(state.nu)
+  np.testing.assert_array_equal(state.root_nu_max, jnp.sqrt(jnp.maximum(*nus)))
+  assert state.nu[0] < nus[0][0]  # the first entry's v fell; its root is the old one
+
+
 def test_inject_hyperparams_keeps_the_keyword_only_span_static_under_jit():
   params = jnp.ones(3)
   grads = jnp.array([0.2, -0.4, 1.0])
