@@ -225,6 +225,42 @@ def optimizer_sharding_case(report):
   report["optimizers"] = results
 
 
+# Leaves above `_common.CACHED_SIZE` elements take their own code paths: AdamP's blocked channel
+# sums, Optimistic AMSGrad's in-place scatter-add and variadic reduction.
+LARGE_LEAF_OPTIMIZERS = ("jaxlearn.optim.adamp", "jaxlearn.optim.optimistic_amsgrad")
+
+
+def large_leaf_case(arrays, report):
+  """Four steps on one (512, 256) kernel, sharded over its columns on an explicit 8-device mesh
+  and on one device."""
+  optimizers = registered_optimizers()
+  rng = np.random.default_rng(0)
+  params0 = rng.normal(size=(512, 256)).astype(np.float32)
+  grads = [rng.normal(size=(512, 256)).astype(np.float32) for _ in range(4)]
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+
+  def run(opt, place):
+    params = place(params0)
+    state = opt.init(params)
+    step = jax.jit(opt.update)
+    for g in grads:
+      updates, state = step(place(g), state, params)
+      params = optax.apply_updates(params, updates)
+    return params, state
+
+  for name in LARGE_LEAF_OPTIMIZERS:
+    opt = optimizers[name](learning_rate=0.01)
+    one_device, _ = run(opt, jnp.asarray)
+    with jax.set_mesh(mesh):
+      sharded, state = run(opt, lambda a: jax.sharding.reshard(jnp.asarray(a), jax.P(None, "x")))
+      # The spec over the kernel's own axes, of every state leaf shaped like it (or a stack).
+      specs = {str(tuple(s.sharding.spec)[-2:]) for s in jax.tree.leaves(state)
+               if s.shape[-2:] == (512, 256)}
+    arrays[f"large/{name}/one_device"] = np.asarray(one_device)
+    arrays[f"large/{name}/sharded"] = np.asarray(sharded)
+    report.setdefault("large_leaf_state_specs", {})[name] = sorted(specs)
+
+
 def all_optimizers_case(arrays, report):
   """Every registered optimizer trained data-parallel on 8 devices and on one (slow test)."""
   data = load_digits()
@@ -263,6 +299,7 @@ CASES = {
     "batch_norm": lambda arrays, report: batch_norm_case(arrays),
     "sweep": lambda arrays, report: sweep_case(arrays, report),
     "optimizers": lambda arrays, report: optimizer_sharding_case(report),
+    "large_leaf": large_leaf_case,
 }
 SLOW_CASES = {"all_optimizers": all_optimizers_case}
 

@@ -129,6 +129,18 @@ def test_optimizer_state_is_shardable_on_an_explicit_mesh(worker, name):
     assert record[f"{variant}/one_device_difference"] < 1e-5, record
 
 
+@pytest.mark.scale
+@pytest.mark.parametrize("name", ["jaxlearn.optim.adamp", "jaxlearn.optim.optimistic_amsgrad"])
+def test_large_leaf_paths_shard_like_the_small_ones(worker, name):
+  """Leaves above CACHED_SIZE elements take their own code paths (blocked channel sums, an
+  in-place scatter-add): four steps on a column-sharded (512, 256) kernel give the one-device
+  parameters, and the state shaped like it keeps its sharding."""
+  arrays, report = worker
+  np.testing.assert_allclose(arrays[f"large/{name}/sharded"], arrays[f"large/{name}/one_device"],
+                             rtol=RTOL, atol=ATOL)
+  assert report["large_leaf_state_specs"][name] == ["(None, 'x')"], report["large_leaf_state_specs"]
+
+
 @pytest.fixture(scope="module")
 def all_optimizers(tmp_path_factory):
   out = tmp_path_factory.mktemp("all-optimizers")
