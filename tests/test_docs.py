@@ -11,6 +11,7 @@ import html
 import importlib.util
 import inspect
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,17 +35,24 @@ for _module in ("sphinx", "myst_parser", "furo"):
 def _load(name: str, path: Path):
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # before it runs: dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-  """(Sphinx's exit status, the built html folder)."""
-  build = _load("jaxlearn_docs_build", DOCS / "build.py")
+  """(Sphinx's exit status, the built html folder).
+
+  Built in a subprocess: autodoc rewrites the defaults of the functions it documents
+  (`autodoc_preserve_defaults`), in place, so that later tests in this process would read
+  Sphinx's placeholders (`inject_hyperparams` reads the defaults).
+  """
   out = tmp_path_factory.mktemp("docs")
-  status = build.build(out)
-  return status, out / "html"
+  build = subprocess.run([sys.executable, str(DOCS / "build.py"), "--out", str(out)],
+                         capture_output=True, text=True, check=False)
+  print(build.stdout, build.stderr, sep="\n")  # Sphinx's warnings, shown if a test fails
+  return build.returncode, out / "html"
 
 
 @pytest.fixture(scope="module")
