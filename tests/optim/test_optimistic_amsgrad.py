@@ -8,6 +8,7 @@ import pytest
 
 from jaxlearn.optim import (inject_hyperparams, optimistic_amsgrad, rmpe_extrapolate,
                             scale_by_optimistic_amsgrad)
+from tests.optim._helpers import run_optimizer
 
 
 def _rmpe_numpy(sequence, ridge):
@@ -34,17 +35,6 @@ def _official_numpy(x0, grads, lr, b1, b2, eps, ridge, span):
   return w
 
 
-def _run(opt, x0, grads):
-  as_float32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-  params = as_float32(x0)
-  state = opt.init(params)
-  step = jax.jit(opt.update)
-  for g in grads:
-    updates, state = step(as_float32(g), state, params)
-    params = optax.apply_updates(params, updates)
-  return jax.tree.map(lambda x: np.asarray(x, np.float64), params), state
-
-
 def test_rmpe_matches_numpy():
   seq = np.random.default_rng(0).normal(size=(5, 3, 2))
   np.testing.assert_allclose(rmpe_extrapolate(jnp.asarray(seq, jnp.float32), 0.1),
@@ -68,7 +58,7 @@ def test_matches_official_equations(span):
   grads = [np.sin(0.3 * t + np.arange(12).reshape(4, 3)) + 0.1 * rng.normal(size=(4, 3))
            for t in range(9)]
   expected = _official_numpy(x0, grads, 0.01, 0.9, 0.99, 1e-8, 1e-3, span)
-  got, state = _run(optimistic_amsgrad(0.01, span=span), x0, grads)
+  got, state = run_optimizer(optimistic_amsgrad(0.01, span=span), x0, grads)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
   assert state[0].history.shape == (span + 1, 4, 3)
 
@@ -81,7 +71,7 @@ def test_large_leaf_matches_official_equations():
   x0 = {k: rng.normal(size=s) for k, s in shapes.items()}
   grads = [{k: np.sin(0.3 * t + np.arange(np.prod(s)).reshape(s) / 7.0)
             + 0.1 * rng.normal(size=s) for k, s in shapes.items()} for t in range(6)]
-  got, _ = _run(optimistic_amsgrad(0.01, span=2), x0, grads)
+  got, _ = run_optimizer(optimistic_amsgrad(0.01, span=2), x0, grads)
   for k in shapes:
     expected = _official_numpy(x0[k], [g[k] for g in grads], 0.01, 0.9, 0.99, 1e-8, 1e-3, 2)
     np.testing.assert_allclose(got[k], expected, rtol=1e-4, atol=1e-6)
