@@ -25,8 +25,8 @@ adds Adam's second moment, with the AMSGrad maximum by default (official default
 
 With `softplus_beta` the denominator becomes `softplus_beta(sqrt(v_max / (1 - b2^t)) + eps)`, as in
 Ranger21's official code (see `jaxlearn.optim.softplus`; computed as
-`nonnegative_softplus_denominator`, within one float32 ulp of `jax.nn.softplus` and about twice as
-fast on XLA:CPU). The first bias correction is
+`nonnegative_softplus_denominator`: its softplus is within one float32 ulp of `jax.nn.softplus`,
+and about twice as fast on XLA:CPU). The first bias correction is
 `1 - b1**t` (not `b1**2`), as in the official code. Defaults follow the official code:
 b1 = 0.9, b2 = 0.999, b0 = 1.0.
 

@@ -27,9 +27,10 @@ The official code has no epsilon in this branch (the softplus replaces it) and t
 the *uncorrected* `sqrt(v)`, folding the second bias correction into the step size; both are kept.
 
 Step cost: the softplus of a denominator (an argument >= 0) is computed as `y + log(1 + exp(-y))`
-(`nonnegative_softplus_denominator`), within one float32 ulp of `jax.nn.softplus`'s log1p form,
-which XLA:CPU compiles, fused with the exp, to code about twice as slow per element: the
-transcendental functions, not the memory traffic, bound an optimizer step that uses it.
+(`nonnegative_softplus_denominator`), within one float32 ulp of `jax.nn.softplus`'s log1p form
+(two of the denominator once divided by beta), which XLA:CPU compiles, fused with the exp, to
+code about twice as slow per element: the transcendental functions, not the memory traffic,
+bound an optimizer step that uses it.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ def nonnegative_softplus_denominator(x: jax.Array, beta) -> jax.Array:
 
   softplus(y) = y + log(1 + exp(-y)) for y = beta * x >= 0. `jax.nn.softplus` computes the
   logarithm with log1p, whose fusion with exp XLA:CPU compiles to code about twice as slow per
-  element (the step is then compute-bound). The rounding of 1 + exp(-y) changes the result by at
-  most 2^-24 absolutely, and softplus(y) >= log 2 here: within 1.5 float32 ulps of
-  `softplus_denominator` (equal beyond y = 17, where both are y).
+  element (the step is then compute-bound). The softplus itself is within one float32 ulp of
+  `jax.nn.softplus(y)` (the rounding of 1 + exp(-y) moves it by at most 2^-24, and softplus(y)
+  >= log 2 here), so the denominator is within two ulps of `softplus_denominator` once both are
+  divided by beta; equal from y = 17 on, where both are y / beta
+  (`tests/optim/test_softplus.py`).
 
   Example:
     >>> import jax.numpy as jnp

@@ -20,6 +20,25 @@ def test_softplus_denominator_values_floor_and_no_overflow():
   assert np.all(got >= x) and np.all(np.isfinite(got))
 
 
+@pytest.mark.parametrize("beta", [1.0, 3.0, 50.0])
+def test_nonnegative_softplus_denominator_is_within_two_ulps_of_softplus_denominator(beta):
+  """The fast form y + log(1 + exp(-y)), y = beta x >= 0, that AdaPNM, Ranger21 and Sadam use:
+  within 1 float32 ulp of jax.nn.softplus(y), so within 2 of `softplus_denominator` once both
+  are divided by beta; equal (both y / beta) from y = 17 on."""
+  from jaxlearn.optim.softplus import nonnegative_softplus_denominator
+  x = np.concatenate([np.linspace(0.0, 50.0 / beta, 100_001), np.geomspace(1e-10, 1e4, 2_001)])
+  x = jnp.asarray(x, jnp.float32)
+  ulps = lambda a, b: np.max(np.abs(np.float64(a) - np.float64(b))
+                             / np.spacing(np.abs(np.asarray(b, np.float32))))
+  y = beta * x
+  assert ulps(y + jnp.log(1 + jnp.exp(-y)), jax.nn.softplus(y)) <= 1
+  fast = nonnegative_softplus_denominator(x, beta)
+  assert ulps(fast, optim.softplus_denominator(x, beta)) <= 2
+  large = np.asarray(y) >= 17
+  np.testing.assert_array_equal(np.asarray(fast)[large],
+                                np.asarray(optim.softplus_denominator(x, beta))[large])
+
+
 def numpy_sadam(params, grads, lr, b1, b2, beta, amsgrad):
   """neilliang90/Sadam optimizer/Sadam.py (transformer='softplus', no weight decay), float64."""
   theta = {k: v.astype(np.float64) for k, v in params.items()}
