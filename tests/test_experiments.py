@@ -78,6 +78,12 @@ def _check_bench_optimizers(record):
   for row in rows:
     if row["torch_step_ms"] is not None:  # pytorch-optimizer installed (the parity extra)
       assert row["ratio_vs_torch"] == pytest.approx(row["step_ms"] / row["torch_step_ms"])
+  sweep = record["metrics"]["compile_sweep"]
+  for row in rows:  # at the largest count, the minimum of repeated, alternating compiles
+    symbol = row["optimizer"]
+    assert sweep["repeated_cpu_s"][symbol] <= sweep["cpu_seconds"][symbol][-1]
+    assert row["compile_ratio_at_most_leaves"] == pytest.approx(
+        sweep["repeated_cpu_s"][symbol] / sweep["paired_baseline_cpu_s"][symbol])
 
 
 def _check_bench_sweep(record):
