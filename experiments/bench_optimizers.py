@@ -138,16 +138,13 @@ EXTRA_PASSES = {
         "kept from earlier steps); after ONE batched solve for all leaves, the prediction, a "
         "weighted sum of the slots: XLA:CPU fuses it into both its consumers, v reading g, "
         "the slots and v (36) and the pending step reading theta, g, the slots and sqrt(max "
-        "v) (40); sqrt(max v), kept as the root in the state (12); the params reading p, "
-        "theta, it and both pending steps (24); and copies of the old and the new pending "
-        "step (16: the parameter kernel reads both while the new one overwrites the old one "
-        "in place, and without multi-output fusion no kernel can write both the params and "
-        "the pending step; keeping the official code's half-iterate w_{t+1/2} instead would "
-        "need no copy but would undo any change made to the params outside the optimizer, a "
-        "Lookahead sync) = 184 (XLA counts 188) against the ideal 92, which counts all span + "
-        "1 slots written. Leaves small enough to stay in cache write the difference once "
-        "instead (196: tests/optim/test_step_cost.py). Its time beyond the bytes: the pending "
-        "copies, temporary buffers page-faulted at every step"),
+        "v) (40), written in place over the older of its two slots (the parameter kernel "
+        "reads both: with one buffer, the new step overwrote the old one still to be read, "
+        "and XLA copied both, 16 more and two temporary buffers); sqrt(max v), kept as the "
+        "root in the state (12); the params reading p, theta, it and both pending slots (24) "
+        "= 168 (XLA counts 172) against the ideal 100, which counts all span + 1 ring slots "
+        "and both pending slots read and written. Leaves small enough to stay in cache write "
+        "the difference once instead (180: tests/optim/test_step_cost.py)"),
 
     "jaxlearn.optim.fira": (
         "a matrix step (the ideal counts params and gradients: the state is low rank): per "

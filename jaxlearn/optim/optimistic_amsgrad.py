@@ -72,8 +72,12 @@ class ScaleByOptimisticAMSGradState(NamedTuple):
       oldest first, each negated (`x_l - x_{l+1}`). Together they hold the last `span + 1`
       gradients; a step writes two slots in place (the new gradient subtracted from the previous
       one, the new gradient over the oldest difference) instead of shifting them all.
-    pending: `c_t h_{t+1} / (sqrt(v̂_t) + eps)`, the optimistic half-step taken last time, which
-      the next step retracts (the next iterate starts from `w_{t+1/2}`).
+    pending: per leaf, two slots (2, *its shape): slot `count % 2` holds
+      `c_t h_{t+1} / (sqrt(v̂_t) + eps)`, the optimistic half-step taken at the last step, which
+      the next step retracts (the next iterate starts from `w_{t+1/2}`); the other slot, the
+      one before. A step writes its half-step over the older one, in place, and the parameters
+      read both: with one buffer, the new half-step overwrote the old one that the parameters
+      still read, and XLA copied both (16 bytes per parameter and two temporary buffers).
     gram: (leaves, span, span): each leaf's Gram matrix of its last `span` differences, oldest
       first, kept up to date one new row per step.
     leaf_index: per leaf, its row in `gram` (int32). Read at run time, so that every leaf of a
@@ -330,7 +334,7 @@ def scale_by_optimistic_amsgrad(
         nu=zeros(),
         root_nu_max=zeros(),
         history=jax.tree.map(lambda p: _float32_zeros(p, (span + 1,)), params),
-        pending=zeros(),
+        pending=jax.tree.map(lambda p: _float32_zeros(p, (2,)), params),
         gram=jnp.zeros((len(leaves), span, span), jnp.float32),
         leaf_index=jax.tree.unflatten(treedef, [jnp.asarray(i, jnp.int32)
                                                 for i in range(len(leaves))]),
@@ -353,13 +357,18 @@ def scale_by_optimistic_amsgrad(
     # h_{t+1} = b1 θ_{t-1} + (1 - b1) m_{t+1}, written as θ_t - (1 - b1)(g_t - m_{t+1}) so that
     # only θ's own kernel reads the donated θ_{t-1} (another reader costs a copy of it).
     optimistic = jax.tree.map(lambda m, e: m - (1.0 - b1) * e, mu, errors)
-    pending = jax.tree.map(lambda h, d: correction * h / d, optimistic, denominators)
+    new_slot = jnp.mod(count, 2)
+    pending = jax.tree.map(
+        lambda slots, h, d: jax.lax.dynamic_update_index_in_dim(
+            slots, correction * h / d, new_slot, 0),
+        state.pending, optimistic, denominators)
+    slot = lambda slots, i: jax.lax.dynamic_index_in_dim(slots, i, 0, keepdims=False)
     directions = jax.tree.map(
-        lambda m, d, new, old, g: (correction * m / d + new - old).astype(g.dtype),
+        lambda m, d, slots, g: (correction * m / d + slot(slots, new_slot)
+                                - slot(slots, 1 - new_slot)).astype(g.dtype),
         mu,
         denominators,
         pending,
-        state.pending,
         updates,
     )
     new_state = ScaleByOptimisticAMSGradState(
