@@ -169,9 +169,11 @@ class _Task:
 
 
 @functools.lru_cache(maxsize=16)
-def _programs(task: _Task) -> tuple[Callable, Callable]:
+def _programs(task: _Task, compiler_options: tuple[tuple[str, Any], ...] = ()
+              ) -> tuple[Callable, Callable]:
   """The jitted `init(hparams, keys) -> state` and `chunk(hparams, state, *data) -> (state,
-  metrics)` that advance all runs at once (inputs and outputs carry the leading run axis)."""
+  metrics)` that advance all runs at once (inputs and outputs carry the leading run axis),
+  compiled with `compiler_options` (items of `jax.jit`'s dict, hashable for the cache)."""
   loss = _with_state(task.loss_fn, task.has_state, returns_state=True)
   evaluate = None if task.eval_fn is None else _with_state(
       task.eval_fn, task.has_state, returns_state=False
@@ -238,7 +240,9 @@ def _programs(task: _Task) -> tuple[Callable, Callable]:
     state, metrics = vmapped(hparams, state, *arrays)
     return layout.constrain_state(state), layout.constrain_runs(metrics)
 
-  return jax.jit(init_all), jax.jit(chunk_all)
+  options = dict(compiler_options) or None
+  return (jax.jit(init_all, compiler_options=options),
+          jax.jit(chunk_all, compiler_options=options))
 
 
 def fit(
@@ -263,6 +267,7 @@ def fit(
     update_extras: Sequence[str] = (),
     sampling: str = "without_replacement",
     loss_takes_indices: bool = False,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> FitResult:
   """Trains every (configuration, seed) pair at once and records metrics every `eval_every` steps.
 
@@ -310,6 +315,9 @@ def fit(
       `y == data.y_train[indices]`; full batch: `arange(n_train)`) and `epoch` (int32 scalar) is
       `step // (n_train // batch_size)` (full batch: the step), for per-example buffers kept in
       the model state (`has_state`). `eval_fn` is called as usual.
+    compiler_options: XLA options for compiling the two training programs (`jax.jit`'s
+      `compiler_options`), e.g. `{"xla_backend_optimization_level": 0}` for a short run whose
+      programs take less time to run than to optimize; None: XLA's defaults.
 
   Returns:
     A `FitResult`.
@@ -353,12 +361,15 @@ def fit(
   names = sorted(configs[0])
   if any(sorted(c) != names for c in configs):
     raise ValueError("every configuration must set the same hyperparameters")
+  if compiler_options is not None and not isinstance(compiler_options, Mapping):
+    raise ValueError("compiler_options must be a mapping of XLA option names to values or None, "
+                     f"got {compiler_options!r}")
   layout = parallel.RunLayout(mesh if mesh is not None else parallel.ambient_mesh(), param_specs)
   layout.check(len(configs) * len(seeds), batch_size)
   init, chunk = _programs(_Task(
       loss_fn, eval_fn, init_params, make_optimizer, has_state, batch_size, n_train, eval_every,
       layout, step_lib.check_update_extras(update_extras), sampling, bool(loss_takes_indices),
-  ))
+  ), tuple(sorted((compiler_options or {}).items())))
 
   # Flatten configs x seeds into R runs, config-major.
   run_hparams = {

@@ -100,6 +100,16 @@ def test_vmapped_runs_match_separate_runs_and_reduce_the_loss():
   assert (mse[..., -1] < 0.5 * mse[..., 0]).all()
 
 
+def test_compiler_options_reach_xla_and_change_no_number_beyond_rounding():
+  options = {"xla_backend_optimization_level": 0}
+  plain, _ = BATCHES_OF_4.fit(6)
+  unoptimized, _ = BATCHES_OF_4.fit(6, compiler_options=options)
+  for name, values in plain.history.items():
+    np.testing.assert_allclose(unoptimized.history[name], values, rtol=1e-6)
+  with pytest.raises(Exception, match="xla_no_such_option"):  # XLA saw the options
+    BATCHES_OF_4.fit(6, compiler_options={"xla_no_such_option": 1})
+
+
 def test_epochs_visit_every_example_once_and_the_loss_sees_its_indices():
   _, log = BATCHES_OF_4.fit(9, grid(learning_rate=[0.1, 0.3]), [0, 1])  # 3 epochs, 4 runs
   assert (log["mismatches"] == 0).all(), "x, y must be x_train[indices], y_train[indices]"
@@ -189,6 +199,7 @@ def test_update_gets_the_extra_arguments_it_names():
         ({"steps": 20, "eval_every": 20, "sampling": "shuffle"}, "sampling must be one of"),
         ({"steps": 20, "eval_every": 20, "update_extras": ["margin"]}, "unknown \\['margin'\\]"),
         ({"steps": 20, "eval_every": 20, "update_extras": "margins"}, "sequence of names"),
+        ({"steps": 20, "eval_every": 20, "compiler_options": [("a", 1)]}, "compiler_options"),
     ],
 )
 def test_bad_arguments(kwargs, message):
