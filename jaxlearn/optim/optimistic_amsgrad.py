@@ -72,7 +72,7 @@ class ScaleByOptimisticAMSGradState(NamedTuple):
       oldest first, each negated (`x_l - x_{l+1}`). Together they hold the last `span + 1`
       gradients; a step writes two slots in place (the new gradient subtracted from the previous
       one, the new gradient over the oldest difference) instead of shifting them all.
-    pending: per leaf, two slots (2, *its shape): slot `count % 2` holds
+    pending: per leaf, two slots (shape `(2,) + p.shape`): slot `count % 2` holds
       `c_t h_{t+1} / (sqrt(v̂_t) + eps)`, the optimistic half-step taken at the last step, which
       the next step retracts (the next iterate starts from `w_{t+1/2}`); the other slot, the
       one before. A step writes its half-step over the older one, in place, and the parameters
