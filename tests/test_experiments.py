@@ -10,6 +10,9 @@ and scikit-learn excluded). The quickstart runs in the default suite, the others
 
 import json
 import math
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -140,6 +143,31 @@ def test_every_registered_experiment_exists():
   assert set(CHECKS) <= set(NAMES)
 
 
+def _quick_run_in_a_fresh_process(name, out_dir) -> tuple[float, float]:
+  """Runs `name`'s quick run in a new Python process, its data and plotting warmed up first as
+  `warm_imports` does, and returns the run's wall and CPU seconds. In the default suite the
+  quick run shares a pytest-xdist worker with hundreds of earlier tests, and there it cost
+  three times the CPU of a fresh process (9.0 s against 2.7 s for the quickstart, measured),
+  which is not the experiment's own cost."""
+  code = textwrap.dedent(f"""
+      import importlib, io, json, sys, time
+      from pathlib import Path
+      from jaxlearn.data import load_digits
+      from jaxlearn.train import new_figure
+      load_digits()
+      figure, axes = new_figure()
+      axes[0, 0].plot([0, 1])
+      figure.savefig(io.BytesIO())
+      module = importlib.import_module("jaxlearn.experiments.{name}")
+      wall, cpu = time.perf_counter(), time.process_time()
+      module.run(quick=True, out=Path(sys.argv[1]), seed=0)
+      print(json.dumps([time.perf_counter() - wall, time.process_time() - cpu]))""")
+  done = subprocess.run([sys.executable, "-c", code, str(out_dir)], capture_output=True,
+                        text=True, check=False)
+  assert done.returncode == 0, done.stderr[-4000:]
+  return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 @pytest.mark.parametrize("name", [
     pytest.param(n, id=n, marks=() if n in DEFAULT_SUITE else pytest.mark.experiments)
     for n in NAMES
@@ -147,10 +175,14 @@ def test_every_registered_experiment_exists():
 def test_quick_run(name, out_dir, warm_imports):
   import importlib
 
-  module = importlib.import_module(f"jaxlearn.experiments.{name}")
-  wall, cpu = time.perf_counter(), time.process_time()
-  record = module.run(quick=True, out=out_dir, seed=0)
-  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  if name in DEFAULT_SUITE:
+    wall, cpu = _quick_run_in_a_fresh_process(name, out_dir)
+    record = json.loads((out_dir / f"{name}.json").read_text())
+  else:
+    module = importlib.import_module(f"jaxlearn.experiments.{name}")
+    wall, cpu = time.perf_counter(), time.process_time()
+    record = module.run(quick=True, out=out_dir, seed=0)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
   print(f"{name} --quick: {wall:.2f} s wall, {cpu:.2f} s CPU (rule: {QUICK_RULE_S:g} s)")
 
   saved = json.loads((out_dir / f"{name}.json").read_text())
