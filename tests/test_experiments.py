@@ -3,9 +3,9 @@
 `test_quick_run` runs `run(quick=True, ...)` of every module in experiments/ and checks what all
 of them must write (JSON with the claim and the measurement, no verdict, finite metrics, a plot)
 and that the smoke run stays short: 5 s is the rule (compilation included; imports such as jax
-and scikit-learn excluded). The quickstart runs in the default suite, the others in the
-`experiments` tier (`pytest -m experiments`). A few experiments add a cheap check of their own
-(`CHECKS`).
+and scikit-learn excluded). The quickstart runs in the default suite, timed in a fresh process,
+the others in the `experiments` tier (`pytest -m experiments`). A few experiments add a cheap
+check of their own (`CHECKS`).
 """
 
 import json
