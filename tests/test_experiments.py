@@ -175,9 +175,9 @@ def _quick_run_in_a_fresh_process(name, out_dir) -> tuple[float, float]:
 def test_quick_run(name, out_dir, warm_imports):
   import importlib
 
+  record = None  # what run() returned, where it ran in this process
   if name in DEFAULT_SUITE:
     wall, cpu = _quick_run_in_a_fresh_process(name, out_dir)
-    record = json.loads((out_dir / f"{name}.json").read_text())
   else:
     module = importlib.import_module(f"jaxlearn.experiments.{name}")
     wall, cpu = time.perf_counter(), time.process_time()
@@ -186,7 +186,7 @@ def test_quick_run(name, out_dir, warm_imports):
   print(f"{name} --quick: {wall:.2f} s wall, {cpu:.2f} s CPU (rule: {QUICK_RULE_S:g} s)")
 
   saved = json.loads((out_dir / f"{name}.json").read_text())
-  assert saved == record and saved["experiment"] == name
+  assert saved["experiment"] == name and (record is None or saved == record)
   assert saved["quick"] is True and saved["claim_held"] is None
   assert isinstance(saved["paper_claim"], str) and saved["paper_claim"].strip()
   assert isinstance(saved["measured"], str) and saved["measured"].strip()
