@@ -15,6 +15,7 @@ import pytest
 
 from jaxlearn import optim, registry
 from jaxlearn._compile import fast_jit
+from tests.optim._helpers import run_optimizer
 
 STEPS = 16  # with num_iterations=16: warmup 3 steps, warmdown from step 11, Lookahead at 5, 10, 15
 
@@ -115,12 +116,8 @@ def _flax(tree):
 
 
 def _run_jax(optimizer, params, grads):
-  params = _flax(params)
-  state = optimizer.init(params)
-  step = jax.jit(optimizer.update)
-  for g in grads:
-    updates, state = step(_flax(g), state, params)
-    params = optax.apply_updates(params, updates)
+  """`run_optimizer` on the PyTorch-layout trees, in Flax layout; params back in PyTorch's."""
+  params, state = run_optimizer(optimizer, _flax(params), [_flax(g) for g in grads])
   return {n: np.asarray(v).T if v.ndim == 2 else np.asarray(v) for n, v in params.items()}, state
 
 
