@@ -145,7 +145,6 @@ EXTRA_PASSES = {
         "= 168 (XLA counts 172) against the ideal 100, which counts all span + 1 ring slots "
         "and both pending slots read and written. Leaves small enough to stay in cache write "
         "the difference once instead (180: tests/optim/test_step_cost.py)"),
-
     "jaxlearn.optim.fira": (
         "a matrix step (the ideal counts params and gradients: the state is low rank): per "
         "matrix the projection G P^T reads G (4), the residual's Frobenius norm reads G again "
