@@ -112,14 +112,11 @@ EXTRA_PASSES = {
     "jaxlearn.optim.ranger21": (
         "AdaPNM's 68; the fused AGC, centralization and normalization read g twice (unit sums, "
         "then unit spreads: the spread needs the mean) and w once, shared with the norm loss "
-        "(12); stable weight decay's mean of v (4); Lookahead's conditional takes the update as "
-        "an operand, so it is written once (+4, a temporary buffer page-faulted at every step) "
-        "and applied by its own kernel reading p and it (12); the synchronising branch writes "
-        "the slow weights (16) and the update onto them (12), which XLA counts although it runs "
-        "one step in five = 124. A select instead of the conditional makes XLA write the "
-        "softplus direction once for both outputs (a temporary all the same) and pass over the "
-        "slow weights at every step. Its time is partly compute: the softplus denominator's exp "
-        "and log per element (log(1 + exp(-y)), not log1p: twice as fast fused on XLA:CPU)"),
+        "(12); stable weight decay's mean of v (4); Lookahead's update, a select fused into the "
+        "params kernel, reads the slow weights (4), and the conditional that copies the params "
+        "into them after a synchronising step (8) is counted by XLA although it runs one step "
+        "in five = 96. Its time is partly compute: the softplus denominator's exp and log per "
+        "element (log(1 + exp(-y)), not log1p: twice as fast fused on XLA:CPU)"),
     "jaxlearn.optim.xgrad_adam": (
         "Adam's m and v (12 each), the direction m/(sqrt(v)+eps) written once (12) and read by "
         "two kernels, the stored update -lr*d (8) and the params (12) = 56: the update is an "

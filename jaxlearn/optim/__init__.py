@@ -22,7 +22,7 @@ from jaxlearn.optim.softplus import ScaleBySadamState, scale_by_sadam, softplus_
 from jaxlearn.optim.pnm import ScaleByAdaPNMState, ScaleByPNMState, adapnm, adapnm_second_moment, pnm, scale_by_adapnm, scale_by_pnm
 from jaxlearn.optim.stable_weight_decay import StableWeightDecayState, adam_second_moment, adams, with_stable_weight_decay
 from jaxlearn.optim.norm_loss import add_norm_loss, unit_norm
-from jaxlearn.optim.lookahead import LookaheadSyncState, lookahead_sync
+from jaxlearn.optim.lookahead import LookaheadSyncState, lookahead_slow_weights, lookahead_sync
 from jaxlearn.optim.ranger21 import ranger21, ranger21_schedule
 from jaxlearn.optim.orthograd import orthogonalize_gradients, orthogonalize_leaf
 from jaxlearn.optim.anchor import DecayToAnchorState, anchor_penalty, decay_to_anchor, fisher_diagonal, set_anchor
@@ -100,6 +100,7 @@ __all__ = [
     "add_norm_loss",
     "unit_norm",
     "LookaheadSyncState",
+    "lookahead_slow_weights",
     "lookahead_sync",
     "ranger21",
     "ranger21_schedule",

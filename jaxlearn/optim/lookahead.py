@@ -24,10 +24,19 @@ transform of a chain (after the learning rate): it turns the incoming update `u`
 The trajectory equals `optax.lookahead`'s fast weights (`tests/optim/test_lookahead.py`). The fast
 optimizer's state is never reset (`optax.lookahead(reset_state=False)`, the paper's default).
 
-The synchronisation is a `lax.cond`, so the slow weights are read and written only on the steps
-that synchronise (a select would pass over them at every step). `init` copies the parameters:
-the state must not hold the parameter arrays themselves, or a step that donates params and state
-fails (one buffer donated twice).
+Step cost. When every leaf's parameters, update and slow weights share one dtype (float32
+training, the usual case), a synchronising step writes no slow weights: after it the parameters
+ARE the new slow weights (the fast weights restart from them), so the next update copies them
+into the state, in a `lax.cond` that runs the copy only then. `state.slow_in_params` says when
+the parameters hold φ; `lookahead_slow_weights(state, params)` returns the right ones. The update
+itself is a select, `α u + (1 - α)(φ - θ)` on synchronising steps and `u` otherwise, which XLA
+fuses into the parameter update: the slow weights are read at every step, but the update is
+never written out. (Taken as the operand of a conditional, it was written to a temporary buffer
+and applied by a kernel of its own.) With other dtypes (bfloat16 parameters, or bfloat16
+updates), copying the parameters would round the float32 slow weights to their precision, so
+there the conditional computes and stores φ at the synchronising step, taking the update as an
+operand. `init` copies the parameters: the state must not hold the parameter arrays themselves,
+or a step that donates params and state fails (one buffer donated twice).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from jaxlearn.optim import _common
 
 __all__ = [
     "lookahead_sync",
+    "lookahead_slow_weights",
     "LookaheadSyncState",
 ]
 
@@ -53,7 +63,10 @@ class LookaheadSyncState(NamedTuple):
 
   Attributes:
     count: number of updates so far (int32).
-    slow: the slow weights φ (float32 or wider).
+    slow: the slow weights φ (float32 or wider), except while `slow_in_params` is True.
+    slow_in_params: True right after a synchronising step whose new slow weights were not
+      written here (see the module docstring): the parameters are φ then, and the next update
+      copies them into `slow`. `lookahead_slow_weights(state, params)` gives φ either way.
 
   Example:
     >>> import jax.numpy as jnp
@@ -65,6 +78,40 @@ class LookaheadSyncState(NamedTuple):
 
   count: jax.Array
   slow: optax.Params
+  slow_in_params: jax.Array
+
+
+def lookahead_slow_weights(state: LookaheadSyncState, params: optax.Params) -> optax.Params:
+  """Lookahead's slow weights φ (float32 or wider): the ones to evaluate, as the paper does.
+
+  Args:
+    state: the `LookaheadSyncState` after a step (for a chain, its element from the chain's
+      state tuple).
+    params: the parameters after that step's update was applied.
+
+  Returns:
+    `params` right after a synchronising step that left φ in them, `state.slow` otherwise.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from jaxlearn.optim import lookahead_sync, lookahead_slow_weights
+    >>> params = {"w": jnp.zeros(2)}
+    >>> opt = optax.chain(optax.sgd(1.0), lookahead_sync(sync_period=1, slow_step_size=0.5))
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.array([-2.0, 4.0])}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> print(lookahead_slow_weights(state[1], params)["w"])  # halfway from 0 to (2, -4)
+    [ 1. -2.]
+  """
+  return jax.tree.map(
+      lambda slow, p: jnp.where(state.slow_in_params, p.astype(slow.dtype), slow),
+      state.slow, params)
+
+
+def _one_dtype(updates, params, slow) -> bool:
+  """Whether every leaf's update, parameters and slow weights share one dtype (static)."""
+  return all(u.dtype == p.dtype == s.dtype for u, p, s in zip(
+      jax.tree.leaves(updates), jax.tree.leaves(params), jax.tree.leaves(slow)))
 
 
 def _check_sync_period(sync_period) -> None:
@@ -87,7 +134,8 @@ def lookahead_sync(
 
   Returns:
     An `optax.GradientTransformationExtraArgs` (state `LookaheadSyncState`); `update` requires
-    `params`. Evaluate with `state.slow` (the paper's choice) or with the returned params.
+    `params`. Evaluate with `lookahead_slow_weights(state, params)` (the paper's choice)
+    or with the params.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -106,13 +154,24 @@ def lookahead_sync(
     # would otherwise donate the same buffer twice.
     slow = jax.tree.map(
         lambda p: jnp.array(p, dtype=_common.wide_dtype(p.dtype), copy=True), params)
-    return LookaheadSyncState(jnp.zeros([], jnp.int32), slow)
+    return LookaheadSyncState(jnp.zeros([], jnp.int32), slow, jnp.zeros([], jnp.bool_))
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
-    _common.require_params(params, "lookahead_sync", updates=updates)
-    count = numerics.safe_increment(state.count)
+  def synchronise_later(updates, state, params, synchronising):
+    """The slow weights are left in the parameters; copied into the state at the next update."""
+    slow = jax.lax.cond(
+        state.slow_in_params,
+        lambda slow, params: jax.tree.map(lambda p: jnp.array(p, copy=True), params),
+        lambda slow, params: slow,
+        state.slow, params)
+    # On a synchronising step θ + update = θ + u + (1 - α)(φ - θ - u), the new slow weights.
+    updates = jax.tree.map(
+        lambda u, p, s: jnp.where(
+            synchronising, slow_step_size * u + (1.0 - slow_step_size) * (s - p), u),
+        updates, params, slow)
+    return updates, slow, synchronising
 
+  def synchronise_now(updates, state, params, synchronising):
+    """The new slow weights computed and stored in a conditional that takes the update."""
     def synchronise(updates, slow):
       def leaf(u, p, slow):
         fast = p.astype(slow.dtype) + u.astype(slow.dtype)
@@ -123,10 +182,20 @@ def lookahead_sync(
       return (jax.tree.map(lambda _, pair: pair[0], updates, pairs),
               jax.tree.map(lambda _, pair: pair[1], updates, pairs))
 
-    # A conditional, not a select: between synchronisations the slow weights are neither read
-    # nor written (a select would pass over them, and over the update, at every step).
-    updates, slow = jax.lax.cond(count % sync_period == 0, synchronise, lambda u, s: (u, s),
-                                 updates, state.slow)
-    return updates, LookaheadSyncState(count, slow)
+    updates, slow = jax.lax.cond(
+        synchronising, synchronise, lambda u, s: (u, s), updates, state.slow)
+    return updates, slow, jnp.zeros([], jnp.bool_)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    _common.require_params(params, "lookahead_sync", updates=updates)
+    count = numerics.safe_increment(state.count)
+    synchronising = count % sync_period == 0
+    if _one_dtype(updates, params, state.slow):
+      step = synchronise_later
+    else:
+      step = synchronise_now
+    updates, slow, slow_in_params = step(updates, state, params, synchronising)
+    return updates, LookaheadSyncState(count, slow, slow_in_params)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

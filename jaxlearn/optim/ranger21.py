@@ -77,12 +77,13 @@ Step cost (XLA:CPU, float32, params and state donated): `ranger21` is the chain 
 same state, but AGC, centralization and normalization run as one function of each leaf: the
 gradient is read by two reductions (unit sums, then unit spreads) and the weights by one (shared
 with the norm loss), and no clipped or centralized gradient is written (141 -> 124 bytes per
-parameter; ideal 52). What remains: one kernel per output (XLA:CPU has no multi-output fusion):
-the two momenta, v and max v (12 each); stable weight decay's mean of v (4); the update, which
-Lookahead's conditional needs as an operand, written once (20, a temporary buffer) and applied
-by its own kernel (12); the synchronising branch (28), which XLA counts although it runs one step
-in k. The softplus denominator (`nonnegative_softplus_denominator`) makes the step partly
-compute-bound.
+parameter). Lookahead's update is a select that XLA fuses into the parameter update
+(`lookahead_sync`'s module docstring; 124 -> 96; ideal 52). What remains: one kernel per output
+(XLA:CPU has no multi-output fusion): the two momenta, v and max v (12 each) and the parameters
+(20); stable weight decay's mean of v (4); the slow weights, read by the parameters' kernel (4)
+and copied from the parameters after a synchronising step (8, which XLA counts although it runs
+one step in k). The softplus denominator (`nonnegative_softplus_denominator`) makes the step
+partly compute-bound.
 """
 
 from __future__ import annotations
@@ -449,6 +450,7 @@ RECORD = registry.record(
         "jaxlearn.optim.softplus_denominator",
         "jaxlearn.optim.scale_by_sadam",
         "jaxlearn.optim.lookahead_sync",
+        "jaxlearn.optim.lookahead_slow_weights",
     ),
     pytorch_optimizer={"jaxlearn.optim.ranger21": "Ranger21", "jaxlearn.optim.adapnm": "AdaPNM", "jaxlearn.optim.pnm": "PNM", "jaxlearn.optim.adams": "AdamS"},
     notes=(

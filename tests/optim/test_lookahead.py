@@ -19,9 +19,10 @@ def _start():
   return {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([-1.0, 2.0])}
 
 
-def test_trajectory_matches_the_papers_algorithm():
+@pytest.mark.parametrize("k", [1, 3])
+def test_trajectory_matches_the_papers_algorithm(k):
   """Algorithm 1 of arXiv:1907.08610 with SGD inside, in NumPy (gradient of the quadratic)."""
-  k, alpha, lr, steps = 3, 0.4, 0.2, 10
+  alpha, lr, steps = 0.4, 0.2, 10
   optimizer = optax.chain(optax.sgd(lr), optim.lookahead_sync(k, alpha))
   params = _start()
   state = optimizer.init(params)
@@ -37,7 +38,8 @@ def test_trajectory_matches_the_papers_algorithm():
       fast = {n: v.copy() for n, v in slow.items()}
     for n in fast:
       np.testing.assert_allclose(params[n], fast[n], rtol=1e-6, atol=1e-7)
-      np.testing.assert_allclose(state[1].slow[n], slow[n], rtol=1e-6, atol=1e-7)
+      np.testing.assert_allclose(optim.lookahead_slow_weights(state[1], params)[n], slow[n],
+                                 rtol=1e-6, atol=1e-7)
 
 
 def test_matches_optax_lookahead_fast_and_slow_weights():
@@ -54,7 +56,8 @@ def test_matches_optax_lookahead_fast_and_slow_weights():
     la_params = optax.apply_updates(la_params, la_updates)
     for n in params:
       np.testing.assert_allclose(params[n], la_params.fast[n], rtol=1e-6, atol=1e-7)
-      np.testing.assert_allclose(ours_state[1].slow[n], la_params.slow[n], rtol=1e-6, atol=1e-7)
+      ours_slow = optim.lookahead_slow_weights(ours_state[1], params)
+      np.testing.assert_allclose(ours_slow[n], la_params.slow[n], rtol=1e-6, atol=1e-7)
 
 
 def test_step_size_one_is_the_identity_and_dtype_is_kept():
@@ -64,6 +67,46 @@ def test_step_size_one_is_the_identity_and_dtype_is_kept():
   out, state = transform.update(updates, transform.init(params), params)
   assert out["w"].dtype == jnp.bfloat16 and state.slow["w"].dtype == jnp.float32
   np.testing.assert_array_equal(out["w"], updates["w"])
+
+
+def test_float32_slow_weights_are_copied_from_the_params_one_step_late():
+  """After a synchronising step the params hold φ and the state still the previous φ (flagged);
+  the next update copies the params in. On the other steps the state holds φ itself."""
+  transform = optim.lookahead_sync(2, 0.5)
+  params = {"w": jnp.array([1.0, -2.0])}
+  state = transform.init(params)
+  history = []
+  for u in ([0.5, 0.5], [1.0, -1.0], [0.25, 0.0]):
+    updates, state = transform.update({"w": jnp.array(u)}, state, params)
+    params = optax.apply_updates(params, updates)
+    history.append((np.asarray(params["w"]), np.asarray(state.slow["w"]),
+                    bool(state.slow_in_params)))
+  # Step 1: fast (1.5, -1.5); step 2 synchronises: fast (2.5, -2.5), φ = (1, -2) + 0.5 (1.5, -0.5).
+  np.testing.assert_allclose(history[0][0], [1.5, -1.5])
+  np.testing.assert_allclose(history[0][1], [1.0, -2.0])
+  assert not history[0][2]
+  np.testing.assert_allclose(history[1][0], [1.75, -2.25])
+  np.testing.assert_allclose(history[1][1], [1.0, -2.0])  # not copied yet
+  assert history[1][2]
+  np.testing.assert_allclose(history[2][1], [1.75, -2.25])  # copied at the next update
+  assert not history[2][2]
+  np.testing.assert_allclose(history[2][0], [2.0, -2.25])
+
+
+@pytest.mark.parametrize("param_dtype, update_dtype",
+                         [(jnp.bfloat16, jnp.bfloat16), (jnp.float32, jnp.bfloat16)])
+def test_lower_precision_keeps_float32_slow_weights(param_dtype, update_dtype):
+  """With bfloat16 params or updates, φ is computed and stored at the synchronising step in
+  float32, not copied from the (rounded) params."""
+  transform = optim.lookahead_sync(1, 0.5)
+  params = {"w": jnp.array([1.0, 3.0], param_dtype)}
+  state = transform.init(params)
+  updates, state = transform.update({"w": jnp.array([2.0 ** -9, 1.0], update_dtype)}, state,
+                                    params)
+  assert not bool(state.slow_in_params) and state.slow["w"].dtype == jnp.float32
+  # φ = 1 + 2^-10 (bfloat16 rounds it to 1) and 3.5.
+  np.testing.assert_array_equal(state.slow["w"], np.array([1.0 + 2.0 ** -10, 3.5], np.float32))
+  np.testing.assert_array_equal(optim.lookahead_slow_weights(state, params)["w"], state.slow["w"])
 
 
 @pytest.mark.parametrize("kwargs, name", [

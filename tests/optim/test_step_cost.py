@@ -55,12 +55,12 @@ COSTS = {
     "adapnm": Cost(lambda: optim.adapnm(LR), 44, 69, (
         "five outputs, one kernel each (XLA:CPU has no multi-output fusion): two momenta, v and "
         "max v (12 each) and params reading p and three state buffers (20) = 68")),
-    "ranger21": Cost(lambda: optim.ranger21(LR, 1000), 52, 126, (
+    "ranger21": Cost(lambda: optim.ranger21(LR, 1000), 52, 99, (
         "AdaPNM's 68; the fused AGC/centralization/normalization reads g twice (unit sums, unit "
         "spreads) and w once, shared with the norm loss (12); stable weight decay's mean of v "
-        "(4); Lookahead's conditional needs the update as an operand: written once (+4) and "
-        "applied by its own kernel (12); the synchronising branch (slow weights 16, update 12), "
-        "which XLA counts although it runs one step in k")),
+        "(4); Lookahead's select reads the slow weights in the params kernel (4) and the "
+        "conditional copy of the params into them after a synchronising step (8), which XLA "
+        "counts although it runs one step in k")),
     "adams": Cost(lambda: optim.adams(LR), 28, 45, (
         "Adam's 40 and the mean of v over all parameters (4), needed before any update")),
     "dasgo": Cost(lambda: optim.dasgo(LR), 20, 33, (
