@@ -14,11 +14,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from jaxlearn import registry
 from jaxlearn.cli import experiment_names
+
+ROOT = Path(__file__).resolve().parents[1]  # the child process imports tests.* from here
 
 NAMES = experiment_names()
 DEFAULT_SUITE = ("quickstart",)  # the representative smoke run of the default suite
@@ -26,10 +29,10 @@ QUICK_RULE_S = 5.0
 ASSERTED_S = 10.0  # what the test asserts: the rule plus room for a noisy CI machine
 
 
-@pytest.fixture(scope="module")
-def warm_imports():
-  """Pays the one-time imports (scikit-learn, MNIST-1D, matplotlib's fonts, PyTorch) up front,
-  as the process already paid jax's: the time limit is about the experiments' own work."""
+def warm_up_imports(with_torch: bool = True) -> None:
+  """Pays the one-time imports (scikit-learn, MNIST-1D, matplotlib's fonts and, with
+  `with_torch`, PyTorch) up front, as the process already paid jax's: the time limit is about the
+  experiments' own work."""
   import io
 
   from jaxlearn.data import load_digits, load_mnist1d
@@ -40,12 +43,20 @@ def warm_imports():
   figure, axes = new_figure()
   axes[0, 0].plot([0, 1])
   figure.savefig(io.BytesIO())
+  if not with_torch:
+    return
   try:  # bench_optimizers times pytorch-optimizer when it is installed
     import pytorch_optimizer  # noqa: F401
     import torch
   except ImportError:
     return
   torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # imports torch._dynamo
+
+
+@pytest.fixture(scope="module")
+def warm_imports():
+  """`warm_up_imports`, once per module."""
+  warm_up_imports()
 
 
 def _numbers(tree, path="metrics"):
@@ -144,26 +155,22 @@ def test_every_registered_experiment_exists():
 
 
 def _quick_run_in_a_fresh_process(name, out_dir) -> tuple[float, float]:
-  """Runs `name`'s quick run in a new Python process, its data and plotting warmed up first as
-  `warm_imports` does, and returns the run's wall and CPU seconds. In the default suite the
-  quick run shares a pytest-xdist worker with hundreds of earlier tests, and there it cost
-  three times the CPU of a fresh process (9.0 s against 2.7 s for the quickstart, measured),
-  which is not the experiment's own cost."""
+  """Runs `name`'s quick run in a new Python process, warmed up first by `warm_up_imports`
+  (PyTorch aside: no default-suite experiment uses it), and returns the run's wall and CPU
+  seconds. In the default suite the quick run shares a pytest-xdist worker with hundreds of
+  earlier tests, and there it cost three times the CPU of a fresh process (9.0 s against 2.7 s
+  for the quickstart, measured), which is not the experiment's own cost."""
   code = textwrap.dedent(f"""
-      import importlib, io, json, sys, time
+      import importlib, json, sys, time
       from pathlib import Path
-      from jaxlearn.data import load_digits
-      from jaxlearn.train import new_figure
-      load_digits()
-      figure, axes = new_figure()
-      axes[0, 0].plot([0, 1])
-      figure.savefig(io.BytesIO())
+      from tests.test_experiments import warm_up_imports
+      warm_up_imports(with_torch=False)
       module = importlib.import_module("jaxlearn.experiments.{name}")
       wall, cpu = time.perf_counter(), time.process_time()
       module.run(quick=True, out=Path(sys.argv[1]), seed=0)
       print(json.dumps([time.perf_counter() - wall, time.process_time() - cpu]))""")
   done = subprocess.run([sys.executable, "-c", code, str(out_dir)], capture_output=True,
-                        text=True, check=False)
+                        text=True, check=False, cwd=ROOT)
   assert done.returncode == 0, done.stderr[-4000:]
   return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
 
