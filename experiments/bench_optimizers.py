@@ -87,9 +87,9 @@ EXTRA_PASSES = {
     BASELINE: "one kernel per output: m (12) + v (12) + params reading p, m, v (16) = 40",
     "jaxlearn.optim.adamp": (
         "m (12) + v (12) + the direction d written once for the per-channel sums and the "
-        "update (12; a temporary buffer, 4 B/param, page-faulted at every step: recomputed "
-        "inside the sums' reduction instead, XLA:CPU runs its sqrt and divisions as scalar "
-        "code, ~10x slower) + the per-channel sums g.w, |g|^2, |w|^2, w.d as one variadic "
+        "update (12; a temporary buffer holding one large leaf at a time: recomputed inside "
+        "the sums' reduction instead, XLA:CPU runs its sqrt and divisions as scalar code, ~10x "
+        "slower) + the per-channel sums g.w, |g|^2, |w|^2, w.d as one variadic "
         "reduction reading g, w, d (12, +2 for its 16-row block sums) + params reading w, d "
         "(12) = 62"),
     "jaxlearn.optim.sgdp": (
