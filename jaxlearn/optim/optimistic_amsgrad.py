@@ -159,6 +159,17 @@ def _combine(coefficients: jax.Array, points: jax.Array) -> jax.Array:
   return jnp.tensordot(coefficients, points[1:], 1, precision=jax.lax.Precision.HIGHEST)
 
 
+def _slot(stack: jax.Array, i) -> jax.Array:
+  """`stack[i]` for a traced `i` that is in range by construction (so JAX emits no code to wrap
+  negative indices: 22% of this optimizer's traced program, once per leaf)."""
+  return jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False, allow_negative_indices=False)
+
+
+def _with_slot(stack: jax.Array, value: jax.Array, i) -> jax.Array:
+  """`stack.at[i].set(value)` for a traced `i` in range by construction."""
+  return jax.lax.dynamic_update_index_in_dim(stack, value, i, 0, allow_negative_indices=False)
+
+
 def _push_gradient(h: jax.Array, g: jax.Array, previous, current) -> tuple[jax.Array, jax.Array]:
   """The ring `h` with `g` pushed (the previous gradient's slot becomes the negated new
   difference, the oldest difference's slot becomes g), and the dot products of its slots with
@@ -172,16 +183,16 @@ def _push_gradient(h: jax.Array, g: jax.Array, previous, current) -> tuple[jax.A
   """
   if g.size > _common.CACHED_SIZE:
     h = h.at[previous].add(-g, mode="promise_in_bounds")
-    h = jax.lax.dynamic_update_index_in_dim(h, g, current, 0)
-    negated = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)
+    h = _with_slot(h, g, current)
+    negated = _slot(h, previous)
     return h, jnp.stack(_common.total_sums([h[j] * negated for j in range(h.shape[0])]))
-  negated = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False) - g
-  h = jax.lax.dynamic_update_index_in_dim(h, negated, previous, 0)
-  h = jax.lax.dynamic_update_index_in_dim(h, g, current, 0)
+  negated = _slot(h, previous) - g
+  h = _with_slot(h, negated, previous)
+  h = _with_slot(h, g, current)
   if g.ndim < 2:
     # XLA:CPU would recompute a vector's difference from the old slots inside the sum, which
     # then must copy them before they are overwritten: read it back from the new ones.
-    negated = jax.lax.dynamic_index_in_dim(h, previous, 0, keepdims=False)
+    negated = _slot(h, previous)
   return h, jnp.sum(h * negated, axis=tuple(range(1, h.ndim)))
 
 
@@ -236,7 +247,7 @@ def _predictions(updates, history, gram: jax.Array, leaf_index, count: jax.Array
   # Slot by slot: as a reduction over the stack's leading axis, XLA:CPU took a minute per step.
   predictions = []
   for i, h in zip(indices, new_leaves):
-    w = jax.lax.dynamic_index_in_dim(weights, i, 0, keepdims=False)
+    w = _slot(weights, i)
     predictions.append(sum(w[j] * h[j] for j in range(span + 1)))
   return (jax.tree.unflatten(treedef, predictions), jax.tree.unflatten(treedef, new_leaves),
           gram)
@@ -359,13 +370,11 @@ def scale_by_optimistic_amsgrad(
     optimistic = jax.tree.map(lambda m, e: m - (1.0 - b1) * e, mu, errors)
     new_slot = jnp.mod(count, 2)
     pending = jax.tree.map(
-        lambda slots, h, d: jax.lax.dynamic_update_index_in_dim(
-            slots, correction * h / d, new_slot, 0),
+        lambda slots, h, d: _with_slot(slots, correction * h / d, new_slot),
         state.pending, optimistic, denominators)
-    slot = lambda slots, i: jax.lax.dynamic_index_in_dim(slots, i, 0, keepdims=False)
     directions = jax.tree.map(
-        lambda m, d, slots, g: (correction * m / d + slot(slots, new_slot)
-                                - slot(slots, 1 - new_slot)).astype(g.dtype),
+        lambda m, d, slots, g: (correction * m / d + _slot(slots, new_slot)
+                                - _slot(slots, 1 - new_slot)).astype(g.dtype),
         mu,
         denominators,
         pending,
