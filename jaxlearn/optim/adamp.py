@@ -272,11 +272,15 @@ def _after(v, radial):
   XLA:CPU schedules the direction kernel of every leaf before any of their consumers, so all the
   directions are alive at once: a temporary the size of the model (47 MB on the benchmark's
   10M-parameter model: above glibc's 32 MB mmap threshold, so mapped and page-faulted anew at
-  every step). Making a leaf's second moment, as its direction reads it, depend on the previous
-  leaf's radial coefficients (that leaf's last input before its update kernel) keeps one leaf's
-  direction alive at a time. An `optimization_barrier` does not do it: XLA:CPU drops barriers
-  before scheduling (tried: the same schedule). The dependency is a maximum with -1 or -2, never
-  NaN even if `radial` is, so every v >= 0 (NaN included) comes out unchanged.
+  every step). Here a leaf's second moment, as its direction reads it, depends on the previous
+  leaf's radial coefficients, that leaf's last input before its update kernel: once they exist,
+  the scheduler chooses between that update kernel, which frees a direction, and the next
+  direction, which allocates one, and it takes the former. So one leaf's direction is alive at a
+  time (`tests/optim/test_adamp.py` checks the temporary). A dependency on the scale-invariance
+  test, computed earlier, left two alive; an `optimization_barrier` changed nothing, as XLA:CPU
+  drops barriers before scheduling. The dependency is a maximum with -1 or -2, never NaN even if
+  `radial` is, so every v >= 0 (NaN included) comes out unchanged. On a leaf sharded over its
+  channels, reading one coefficient costs one scalar broadcast.
   """
   floor = jnp.where(jnp.abs(radial.reshape(-1)[0]) < 1.0, -1.0, -2.0)
   return jnp.maximum(v, floor.astype(v.dtype))
