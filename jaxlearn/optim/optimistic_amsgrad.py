@@ -161,7 +161,7 @@ def _combine(coefficients: jax.Array, points: jax.Array) -> jax.Array:
 
 def _slot(stack: jax.Array, i) -> jax.Array:
   """`stack[i]` for a traced `i` that is in range by construction (so JAX emits no code to wrap
-  negative indices: 22% of this optimizer's traced program, once per leaf)."""
+  negative indices: 23% of this optimizer's traced program, once per leaf)."""
   return jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False, allow_negative_indices=False)
 
 
