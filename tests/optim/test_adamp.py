@@ -415,7 +415,7 @@ def _compiled_step(optimizer, params):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_one_leaf_direction_is_alive_at_a_time(nesterov):
   """Left to itself, XLA:CPU computes every leaf's direction before any leaf's update, so the
-  temporaries hold all of them (4.3 leaves here, a model-sized buffer page-faulted at every step
+  temporaries hold all of them (4.1 leaves here, a model-sized buffer page-faulted at every step
   on a real model); the large leaves are ordered one after another instead."""
   params = {f"w{i}": jnp.ones((256, 256)) for i in range(4)} | {"b": jnp.ones(256)}
   compiled = _compiled_step(adamp(1e-3, nesterov=nesterov, weight_decay=0.1), params)
