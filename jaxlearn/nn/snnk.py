@@ -100,6 +100,7 @@ def relu_features(x: jax.Array, projection: jax.Array) -> jax.Array:
     >>> relu_features(jnp.array([[1.0, -1.0]]), jnp.array([[1.0, 2.0], [0.0, 1.0]]))
     Array([[0.70710677, 0.70710677]], dtype=float32)
   """
+  x = jnp.asarray(x)  # a NumPy float64 input becomes JAX's default float, as in any jnp function
   return jax.nn.relu(x @ projection) / jnp.sqrt(projection.shape[-1]).astype(x.dtype)
 
 
@@ -123,6 +124,7 @@ def urf_features(x: jax.Array, projection: jax.Array, big_a: jax.Array,
     >>> bool(abs(estimate - jnp.exp(x @ w)) < 0.05)
     True
   """
+  x = jnp.asarray(x)  # as in relu_features
   squared = jnp.sum(x * x, axis=-1, keepdims=True)
   exponent = small_a * (x @ projection) - 0.5 * small_a**2 * squared
   return big_a * jnp.exp(exponent) / jnp.sqrt(projection.shape[-1]).astype(x.dtype)

@@ -5,6 +5,8 @@ expectation E[phi(x).phi(w)] = mean_r A_r^2 exp(a_r^2 x.w), and float64 NumPy tr
 `phi_relu_mapping_torch` / `input_to_rfs_torch_vectorized` (arijitthegame/neural-network-kernels).
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +66,21 @@ def test_urf_estimate_converges_to_its_closed_form():
   estimate = np.sum(np.asarray(ours) * np_urf_features(w, g, big_a, small_a), -1)
   exact = np.mean(big_a**2 * np.exp(np.outer(np.sum(x * w, -1), small_a**2)), -1)
   np.testing.assert_allclose(estimate, exact, rtol=0.05)
+
+
+@pytest.mark.parametrize("features", ["relu", "urf"])
+def test_numpy_float64_inputs_give_default_floats_without_a_warning(features):
+  """As any jnp function does: a float64 NumPy input is taken as JAX's default float (the
+  features once asked astype for float64, which warns and truncates without x64)."""
+  x = np.random.default_rng(0).normal(size=(3, D))  # float64
+  g = jnn.snnk_projection(0, D, 8)
+  args = (x, g) if features == "relu" else (x, g, jnp.ones(8), jnp.ones(8))
+  function = jnn.relu_features if features == "relu" else jnn.urf_features
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    out = function(*args)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, function(jnp.asarray(x, jnp.float32), *args[1:]), rtol=1e-6)
 
 
 def test_relu_layer_matches_numpy_nnk_relu():
