@@ -189,13 +189,13 @@ def project_scale_invariant(
     >>> invariant
     Array(True, dtype=bool)
   """
-  axis = _checks.check_axis("channel_axis", channel_axis, param.ndim)
-  projected, invariant, _ = _projection(direction, param, grad, delta, eps, axis)
+  projected, invariant, _ = _projection(direction, param, grad, delta, eps, channel_axis)
   return projected, invariant
 
 
-def _projection(direction, param, grad, delta, eps, axis):
+def _projection(direction, param, grad, delta, eps, channel_axis):
   """`project_scale_invariant`, also returning the radial coefficient of each channel."""
+  axis = _checks.check_axis("channel_axis", channel_axis, param.ndim)
   per_channel = _common.unit_axes(param.ndim, axis)
   channel_size = param.size // param.shape[axis]
   # The four sums in one pass over g, w and p. |g|·|g| is g·g, but not the expression of Adam's
@@ -258,8 +258,7 @@ def _project_and_decay(g, w, direction, decayed, *, delta, eps, wd_ratio, decay,
   w32, g32 = w.astype(direction.dtype), g.astype(direction.dtype)
   ratio, radial = 1.0, None
   if w.ndim > 1:
-    axis = _checks.check_axis("channel_axis", channel_axis, w.ndim)
-    direction, invariant, radial = _projection(direction, w32, g32, delta, eps, axis)
+    direction, invariant, radial = _projection(direction, w32, g32, delta, eps, channel_axis)
     ratio = jnp.where(invariant, wd_ratio, 1.0)
   if decayed:
     direction = direction + decay * ratio * w32
