@@ -103,7 +103,7 @@ from jaxlearn.optim import centralization
 from jaxlearn.optim.agc import adaptive_grad_clip
 from jaxlearn.optim.centralization import centralize_gradients, normalize_gradients
 from jaxlearn.optim.lookahead import lookahead_sync
-from jaxlearn.optim.norm_loss import add_norm_loss, unit_norm
+from jaxlearn.optim.norm_loss import add_norm_loss, unit_norms
 from jaxlearn.optim.pnm import scale_by_adapnm
 from jaxlearn.optim.stable_weight_decay import with_stable_weight_decay
 
@@ -258,15 +258,20 @@ def _preprocess_leaf(g, p, clipping, agc_eps, use_agc: bool, use_gc: bool, use_g
     return g
   if not (use_agc or gc_on or gn_on):
     return g
-  axes = gc_axes if gc_on else agc_axes
-  unit_size = math.prod(g.shape[a] for a in _axes_tuple(axes, g.ndim))
-  sum_units = lambda x: jnp.sum(x, axis=_axes_tuple(axes, g.ndim), keepdims=True)
+  axes = _axes_tuple(gc_axes if gc_on else agc_axes, g.ndim)
+  unit_size = math.prod(g.shape[a] for a in axes)
+  # Per-unit statistics are vectors (no kept axes), expanded only where a full-size operand
+  # meets them: behind a kept axis (a reshape), XLA's simplifier moved the reshape down their
+  # chain of ops one per iteration over the whole program (7 iterations instead of 3). A leaf
+  # that is one unit keeps its axes: as scalars, XLA compiled one more kernel for it.
+  whole_leaf = len(axes) == g.ndim
+  sum_units = lambda x: jnp.sum(x, axis=axes, keepdims=whole_leaf)
+  full = lambda x: x if whole_leaf else jnp.expand_dims(x, axes)
   mean = sum_units(g) / unit_size
-  spread = sum_units(jnp.square(g - mean))
+  spread = sum_units(jnp.square(g - full(mean)))
   if use_agc:
-    if _axes_tuple(axes, g.ndim) == _axes_tuple(
-        None if g.ndim <= 1 else _common.unit_axes(g.ndim, -1), g.ndim):
-      p_norm = unit_norm(p)  # the norm loss's own expression: XLA computes it once for both
+    if axes == _axes_tuple(None if g.ndim <= 1 else _common.unit_axes(g.ndim, -1), g.ndim):
+      p_norm = unit_norms(p)  # the norm loss's own expression: XLA computes it once for both
     else:
       p_wide = p.astype(_common.wide_dtype(p.dtype))
       p_norm = jnp.sqrt(sum_units(jnp.square(p_wide)))
@@ -287,8 +292,8 @@ def _preprocess_leaf(g, p, clipping, agc_eps, use_agc: bool, use_gc: bool, use_g
     scale = scale / (jnp.sqrt(variance) + GRADIENT_NORMALIZATION_EPS)
   # g * scale - offset rather than (g - mean) * scale: the consumers then share no full-size
   # subexpression (the broadcast mean) with the reduction above, which XLA would write out.
-  offset = mean * scale if gc_on else 0.0
-  return (g * scale - offset).astype(g.dtype)
+  offset = full(mean * scale) if gc_on else 0.0
+  return (g * full(scale) - offset).astype(g.dtype)
 
 
 def _with_fused_preprocessing(flags, clipping, agc_eps, parts, rest):
