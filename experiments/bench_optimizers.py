@@ -35,8 +35,12 @@ against optax.adamw's (at the largest count, the minimum of two compiles of each
 and how they grow, with the number of kernels compiled (`kernel_count`:
 each fusion, copy or unfused op is its own LLVM function on XLA:CPU, and compile time follows
 that count). The goal is compile time within 1.5x of optax.adamw's at 1,000 leaves; a step that
-needs documented passes beyond one per buffer needs a kernel for each, so it is held to
-optax.adamw's time per kernel instead. The bytes, floor and compile goals are for elementwise
+needs documented passes beyond one per buffer needs a kernel for each, so it is held instead to
+optax.adamw's time for as many kernels: optax.adamw compiled on a tree with that many more
+leaves (`compile_at_matched_kernels`). Time per kernel at the same leaf count would not do:
+XLA:CPU's compile time grows faster than its kernel count (optax.adamw alone: 2.8 ms per kernel
+at 1,000 leaves, 3.9 at 3,000, 5.7 at 4,000), so a step with more kernels pays more per kernel
+for the same kernels. The bytes, floor and compile goals are for elementwise
 steps (at least one float of state per parameter, a handful of flops per parameter); matrix
 steps (Newton-Schulz iterations, SVDs, solves per leaf) and low-rank ones (Fira, whose time
 follows its rank) are held to the comparisons with PyTorch and optax only.
@@ -554,7 +558,9 @@ def kernel_count(hlo_text: str) -> tuple[int, int]:
   unfused op is one kernel. Distinct: up to names (a fusion with its fused computation).
   Measured on XLA:CPU, compile time is about 2 ms per kernel plus about 30 ms per distinct
   kernel: the same kernel over many same-shaped leaves is compiled once, while one that differs
-  per leaf (a slice at a different offset of a stacked buffer) is compiled for each.
+  per leaf (a slice at a different offset of a stacked buffer) is compiled for each. The time
+  per kernel grows with the program (passes such as copy insertion and the thunk executor's
+  dependency graph grow faster than linearly): about 3 ms at 3,000 kernels, 6 at 12,000.
   """
   computations = _computations(hlo_text)
   inner = set(re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", hlo_text))
@@ -688,6 +694,8 @@ def run(quick: bool, out: Path, seed: int) -> dict:
            else compile_sweep(rows, LEAF_COUNTS, options))
   for entry in table:
     entry.update(_compile_entry(entry["optimizer"], sweep))
+  compile_at_matched_kernels(table, rows, sweep, options, repeats=1 if quick else COMPILE_REPEATS,
+                             every_documented=quick)
   _print_sweep(sweep)
   _time_without_page_faults(table, faulting, rounds)  # last: it changes the allocator
   del faulting
@@ -704,8 +712,8 @@ def run(quick: bool, out: Path, seed: int) -> dict:
              "every optimizer is faster than the pytorch-optimizer implementation of the same "
              "algorithm (at the same precision) and within 5% of optax where optax has it; an "
              "elementwise optimizer's compile time grows linearly with the number of leaves "
-             "and at 1,000 leaves stays within 1.5x of optax.adamw's (per compiled kernel, "
-             "where documented passes need more kernels)."),
+             "and at 1,000 leaves stays within 1.5x of optax.adamw's (or of optax.adamw's "
+             "at as many compiled kernels, where documented passes need more kernels)."),
       measured=_measured([baseline] + table, sweep, verdicts),
       claim_held=None if verdicts is None else not any(verdicts.values()),
       config={"n_params": n_params, "shapes": shapes, "rounds": rounds, "threads": threads,
@@ -780,10 +788,40 @@ def _row(row, times, side, shapes, symbols) -> dict:
   }
 
 
+def compile_at_matched_kernels(table, rows, sweep, options=None, repeats: int = COMPILE_REPEATS,
+                               every_documented: bool = False) -> None:
+  """Adds to each elementwise entry with documented extra passes whose compile time at the
+  largest leaf count is above 1.5x optax.adamw's (with `every_documented`, to each such entry)
+  optax.adamw's compile seconds for as many kernels (`matched_baseline_cpu_s`, the minimum of
+  `repeats` compiles), and the ratio of the entry's own (`repeated_cpu_s`) to it.
+
+  optax.adamw's kernels grow in proportion to its leaves (three per leaf), so it is compiled on
+  the even leaf count that scales its kernel count at the largest count to the entry's.
+  """
+  makes = {row["symbol"]: row["make"] for row in rows}
+  base_kernels = sweep["kernels"][BASELINE]
+  base_leaves, base_count = sweep["leaves"][len(base_kernels) - 1], base_kernels[-1]
+  for entry in table:
+    symbol = entry["optimizer"]
+    if (symbol == BASELINE or not entry["extra_passes"] or not _elementwise(entry)
+        or entry.get("compile_leaves") != sweep["leaves"][-1]
+        or (not every_documented and entry["compile_ratio_at_most_leaves"] <= 1.5)):
+      continue
+    kernels = entry["compile_kernels_by_leaves"][-1]
+    leaves = max(2, 2 * round(kernels * base_leaves / base_count / 2))
+    runs = [compile_seconds(makes[BASELINE], leaves, options) for _ in range(repeats)]
+    seconds = min(t for t, _, _ in runs)
+    entry.update({"matched_baseline_leaves": leaves, "matched_baseline_kernels": runs[0][1],
+                  "matched_baseline_cpu_s": seconds,
+                  "compile_ratio_at_matched_kernels": sweep["repeated_cpu_s"][symbol] / seconds})
+    print(f"compile CPU s at {kernels} kernels: {symbol} {sweep['repeated_cpu_s'][symbol]:.2f}, "
+          f"{BASELINE} {seconds:.2f} ({runs[0][1]} kernels, {leaves} leaves)")
+
+
 def _compile_entry(symbol: str, sweep) -> dict[str, Any]:
   """An optimizer's compile seconds and kernels by leaf count, and at the largest count it
   reached, its ratios to optax.adamw (compiled alternately with it, the minimum of each):
-  seconds, kernels, and seconds per kernel."""
+  seconds and kernels."""
   seconds, kernels = sweep["cpu_seconds"].get(symbol), sweep["kernels"].get(symbol)
   entry = {"compile_cpu_s_by_leaves": seconds, "compile_kernels_by_leaves": kernels,
            "compile_distinct_kernels_by_leaves": sweep["distinct_kernels"].get(symbol),
@@ -796,7 +834,6 @@ def _compile_entry(symbol: str, sweep) -> dict[str, Any]:
         "compile_leaves": sweep["leaves"][i],
         "compile_ratio_at_most_leaves": ours / base_seconds,
         "kernel_ratio_at_most_leaves": kernels[i] / base_kernels,
-        "compile_per_kernel_ratio": (ours / kernels[i]) / (base_seconds / base_kernels),
     })
   return entry
 
@@ -804,11 +841,12 @@ def _compile_entry(symbol: str, sweep) -> dict[str, Any]:
 def _compiles_close_to_optax(r) -> bool:
   """Within 1.5x of optax.adamw's compile time at the largest leaf count; or, where the step
   needs documented passes beyond one per buffer (each a kernel on XLA:CPU), within 1.5x of
-  optax.adamw's time per compiled kernel."""
+  optax.adamw's time for as many kernels (`compile_at_matched_kernels`)."""
   ratio = r.get("compile_ratio_at_most_leaves")
   if ratio is None or r.get("compile_leaves") != LEAF_COUNTS[-1]:
     return False  # skipped as too slow before the largest count
-  return ratio <= 1.5 or (bool(r["extra_passes"]) and r["compile_per_kernel_ratio"] <= 1.5)
+  matched = r.get("compile_ratio_at_matched_kernels")
+  return ratio <= 1.5 or (bool(r["extra_passes"]) and matched is not None and matched <= 1.5)
 
 
 def _elementwise(entry) -> bool:
@@ -844,7 +882,7 @@ def _verdicts(table, sweep) -> dict[str, list[str]]:
                      or r["paired_ratio_vs_optax_counterpart"] <= 1.05)),
       "compile_time_linear_in_leaves": elementwise(
           lambda r: growth.get(r["optimizer"], 1.0) <= 1.3),
-      "compile_within_1.5x_of_optax_adamw_or_per_documented_kernel": elementwise(
+      "compile_within_1.5x_of_optax_adamw_or_at_as_many_documented_kernels": elementwise(
           _compiles_close_to_optax),
   }
 
@@ -868,10 +906,13 @@ def _measured(table, sweep, verdicts) -> str:
                  f"{r['paired_ratio_vs_optax_adamw']:.2f}x adamw{torch_part}, "
                  f"{r['xla_bytes_per_param']:.0f}/{r['ideal_bytes_per_param']:.0f} B/param")
   counts = sweep["leaves"]
+  matched = lambda r: ("" if r.get("compile_ratio_at_matched_kernels") is None else
+                       f"; {r['compile_ratio_at_matched_kernels']:.1f}x optax.adamw's at as "
+                       f"many kernels ({r['matched_baseline_leaves']} leaves)")
   compile_part = ("; compile CPU s vs optax.adamw at the most leaves reached (of "
-                  f"{counts[-1]}), as time (kernels, time per kernel): ") + ", ".join(
+                  f"{counts[-1]}), as time (kernels): ") + ", ".join(
       f"{_short(r['optimizer'])} {r['compile_ratio_at_most_leaves']:.1f}x "
-      f"({r['kernel_ratio_at_most_leaves']:.1f}x, {r['compile_per_kernel_ratio']:.1f}x)"
+      f"({r['kernel_ratio_at_most_leaves']:.1f}x{matched(r)})"
       + ("" if r["compile_leaves"] == counts[-1] else f" at {r['compile_leaves']}")
       for r in table if r.get("compile_ratio_at_most_leaves") is not None)
   not_judged = [_short(r["optimizer"]) for r in table

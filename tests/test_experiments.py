@@ -98,6 +98,14 @@ def _check_bench_optimizers(record):
     assert sweep["repeated_cpu_s"][symbol] <= sweep["cpu_seconds"][symbol][-1]
     assert row["compile_ratio_at_most_leaves"] == pytest.approx(
         sweep["repeated_cpu_s"][symbol] / sweep["paired_baseline_cpu_s"][symbol])
+  # optax.adamw compiled to as many kernels as each elementwise row with documented passes
+  matched = [row for row in rows if "matched_baseline_cpu_s" in row]
+  assert matched, "no row was compared with optax.adamw at as many kernels"
+  for row in matched:
+    kernels = row["compile_kernels_by_leaves"][-1]
+    assert abs(row["matched_baseline_kernels"] - kernels) <= 0.1 * kernels, row
+    assert row["compile_ratio_at_matched_kernels"] == pytest.approx(
+        sweep["repeated_cpu_s"][row["optimizer"]] / row["matched_baseline_cpu_s"])
 
 
 def _check_bench_sweep(record):
