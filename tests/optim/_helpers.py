@@ -17,6 +17,19 @@ def run_optimizer(optimizer, params, grads):
   return params, state
 
 
+def compiled_donated_step(optimizer, params, compiler_options=None):
+  """The compiled training step `(params, state, grads) -> (params, state)`, with params and
+  state donated, for `params` (arrays or abstract ones) as gradients."""
+  state = jax.eval_shape(optimizer.init, params)
+
+  def step(params, state, grads):
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options).lower(
+      params, state, params).compile()
+
+
 def assert_bfloat16_gradients_give_the_float32_state(transform, fields, params=None):
   """Three bfloat16 gradients leave `transform`'s state `fields` in float32 and equal to the
   state that the same gradients, cast to float32 first, give: the moments round nothing to

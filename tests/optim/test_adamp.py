@@ -28,6 +28,7 @@ from jaxlearn.optim import (
     scale_by_sgdp,
     sgdp,
 )
+from tests.optim._helpers import compiled_donated_step
 
 # ---------------------------------------------------------------------------------------------
 # NumPy references (float64), written from the paper and the official code's description.
@@ -402,23 +403,13 @@ def test_state_types_and_low_precision_state():
     assert leaf.dtype == jnp.float32  # moments never in bfloat16
 
 
-def _compiled_step(optimizer, params):
-  state = jax.eval_shape(optimizer.init, params)
-
-  def step(p, s, g):
-    updates, s = optimizer.update(g, s, p)
-    return optax.apply_updates(p, updates), s
-
-  return jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
-
-
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_one_leaf_direction_is_alive_at_a_time(nesterov):
   """Left to itself, XLA:CPU computes every leaf's direction before any leaf's update, so the
   temporaries hold all of them (4.1 leaves here, a model-sized buffer page-faulted at every step
   on a real model); the large leaves are ordered one after another instead."""
   params = {f"w{i}": jnp.ones((256, 256)) for i in range(4)} | {"b": jnp.ones(256)}
-  compiled = _compiled_step(adamp(1e-3, nesterov=nesterov, weight_decay=0.1), params)
+  compiled = compiled_donated_step(adamp(1e-3, nesterov=nesterov, weight_decay=0.1), params)
   one_leaf = 256 * 256 * 4
   assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * one_leaf
 

@@ -27,6 +27,7 @@ import pytest
 
 from jaxlearn import optim
 from jaxlearn._compile import fast_compile_options
+from tests.optim._helpers import compiled_donated_step
 
 SHAPES = {"dense": (64, 256), "conv": (3, 3, 16, 32), "bias": (256,), "scale": (64,)}
 LR = 1e-3
@@ -106,14 +107,7 @@ def _tree():
 def _bytes_per_param(optimizer, params) -> tuple[float, float]:
   """(XLA's bytes accessed by the donated step, the ideal), per parameter."""
   state = jax.eval_shape(optimizer.init, params)
-
-  def step(params, state, grads):
-    updates, state = optimizer.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  options = fast_compile_options()
-  compiled = jax.jit(step, donate_argnums=(0, 1), compiler_options=options).lower(
-      params, state, params).compile()
+  compiled = compiled_donated_step(optimizer, params, fast_compile_options())
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   n = sum(p.size for p in jax.tree.leaves(params))
