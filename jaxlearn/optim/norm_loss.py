@@ -44,8 +44,7 @@ def unit_norm(x: jax.Array, channel_axis: int = -1) -> jax.Array:
     >>> unit_norm(jnp.array([[3.0, 0.0], [4.0, 1.0]]))  # one norm per output unit (column)
     Array([[5., 1.]], dtype=float32)
   """
-  norms = unit_norms(x, channel_axis)
-  return norms if x.ndim <= 1 else jnp.expand_dims(norms, _common.unit_axes(x.ndim, channel_axis))
+  return _with_unit_axes(unit_norms(x, channel_axis), x.ndim, channel_axis)
 
 
 def unit_norms(x: jax.Array, channel_axis: int = -1) -> jax.Array:
@@ -58,6 +57,11 @@ def unit_norms(x: jax.Array, channel_axis: int = -1) -> jax.Array:
   x32 = x.astype(_common.wide_dtype(x.dtype))
   axes = None if x.ndim <= 1 else _common.unit_axes(x.ndim, channel_axis)
   return jnp.sqrt(jnp.sum(jnp.square(x32), axis=axes))
+
+
+def _with_unit_axes(per_unit: jax.Array, ndim: int, channel_axis: int) -> jax.Array:
+  """A `unit_norms`-shaped value with the reduced axes back (size 1), for an ndim-array."""
+  return per_unit if ndim <= 1 else jnp.expand_dims(per_unit, _common.unit_axes(ndim, channel_axis))
 
 
 def add_norm_loss(
@@ -87,9 +91,7 @@ def add_norm_loss(
   def term(u, p):
     p32 = p.astype(_common.wide_dtype(p.dtype))
     correction = 2 * factor * (1 - 1 / (unit_norms(p, channel_axis) + eps))
-    if p.ndim > 1:
-      correction = jnp.expand_dims(correction, _common.unit_axes(p.ndim, channel_axis))
-    return (u + correction * p32).astype(u.dtype)
+    return (u + _with_unit_axes(correction, p.ndim, channel_axis) * p32).astype(u.dtype)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
